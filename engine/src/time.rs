@@ -1,0 +1,137 @@
+//! Event-time arithmetic in UTC milliseconds.
+//!
+//! CAP carries event time as `i64` milliseconds since 1970-01-01T00:00:00Z (see the output
+//! contract: "times are compared in milliseconds"). Buckets are whole UTC days, hours and
+//! weekdays computed with integer arithmetic only, so they are exact and allocation-free.
+//! Calendar conversion uses Howard Hinnant's `days_from_civil` / `civil_from_days`
+//! algorithms, valid for the proleptic Gregorian calendar far beyond the years CAP accepts.
+
+/// Milliseconds in one UTC day.
+pub const MS_PER_DAY: i64 = 86_400_000;
+/// Milliseconds in one hour.
+pub const MS_PER_HOUR: i64 = 3_600_000;
+
+/// A UTC day as days since 1970-01-01.
+pub type Day = i32;
+
+/// The UTC day an event-time instant falls in.
+#[inline]
+pub fn day_of(ms: i64) -> Day {
+    ms.div_euclid(MS_PER_DAY) as Day
+}
+
+/// The start of the UTC hour an instant falls in, in milliseconds.
+#[inline]
+pub fn hour_of(ms: i64) -> i64 {
+    ms - ms.rem_euclid(MS_PER_HOUR)
+}
+
+/// The ISO weekday of a day: 0 = Monday .. 6 = Sunday.
+#[inline]
+pub fn weekday_of(day: Day) -> u8 {
+    // 1970-01-01 was a Thursday (3 when Monday is 0).
+    (i64::from(day) + 3).rem_euclid(7) as u8
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (month 1..=12, day 1..=31).
+#[inline]
+pub fn days_from_civil(year: i32, month: u32, day: u32) -> Day {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = (y - era * 400) as i64;
+    let m = month as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era as i64 * 146_097 + doe - 719_468) as Day
+}
+
+/// The (year, month, day) of a count of days since 1970-01-01.
+#[inline]
+pub fn civil_from_days(days: Day) -> (i32, u32, u32) {
+    let z = days as i64 + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    ((if m <= 2 { y + 1 } else { y }) as i32, m, d)
+}
+
+/// Milliseconds since the epoch of a UTC civil date and time.
+#[inline]
+pub fn ms_from_civil(year: i32, month: u32, day: u32, h: u32, mi: u32, s: u32, ms: u32) -> i64 {
+    i64::from(days_from_civil(year, month, day)) * MS_PER_DAY
+        + i64::from(h) * MS_PER_HOUR
+        + i64::from(mi) * 60_000
+        + i64::from(s) * 1000
+        + i64::from(ms)
+}
+
+/// The year an instant falls in (UTC).
+#[inline]
+pub fn year_of(ms: i64) -> i32 {
+    civil_from_days(day_of(ms)).0
+}
+
+/// `YYYY-MM-DD` of a day.
+pub fn format_day(day: Day) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` (the REES46 CSV form) of an instant; milliseconds are printed
+/// as a fraction only when non-zero.
+pub fn format_rees46(ms: i64) -> String {
+    let (y, mo, d) = civil_from_days(day_of(ms));
+    let rem = ms.rem_euclid(MS_PER_DAY);
+    let (h, mi, s, frac) = (rem / MS_PER_HOUR, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    if frac == 0 {
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+    } else {
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{frac:03} UTC")
+    }
+}
+
+/// RFC 3339 (`2019-11-01T13:00:00Z`, with `.mmm` when non-zero) of an instant.
+pub fn format_rfc3339(ms: i64) -> String {
+    let (y, mo, d) = civil_from_days(day_of(ms));
+    let rem = ms.rem_euclid(MS_PER_DAY);
+    let (h, mi, s, frac) = (rem / MS_PER_HOUR, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    if frac == 0 {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    } else {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:03}Z")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_round_trip_over_two_centuries() {
+        for day in days_from_civil(1900, 1, 1)..days_from_civil(2101, 1, 1) {
+            let (y, m, d) = civil_from_days(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+        }
+    }
+
+    #[test]
+    fn known_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(format_day(days_from_civil(2019, 11, 1)), "2019-11-01");
+        assert_eq!(days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28), 2);
+        // 2019-11-01 was a Friday.
+        assert_eq!(weekday_of(days_from_civil(2019, 11, 1)), 4);
+        assert_eq!(weekday_of(days_from_civil(2019, 11, 4)), 0);
+        let ms = ms_from_civil(2019, 11, 1, 13, 5, 9, 0);
+        assert_eq!(format_rees46(ms), "2019-11-01 13:05:09 UTC");
+        assert_eq!(format_rfc3339(ms + 7), "2019-11-01T13:05:09.007Z");
+        assert_eq!(hour_of(ms), ms_from_civil(2019, 11, 1, 13, 0, 0, 0));
+        assert_eq!(day_of(-1), -1);
+        assert_eq!(year_of(ms), 2019);
+    }
+}

@@ -1,0 +1,1 @@
+//! Flagship job.

@@ -1,0 +1,1 @@
+//! Incremental analytics operators.
