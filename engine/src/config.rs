@@ -1,0 +1,366 @@
+//! Layered, typed configuration: embedded defaults, then a TOML file, then environment
+//! variables, then command-line flags.
+//!
+//! Every layer is a TOML table; later layers override earlier ones key by key (tables merge,
+//! scalars and arrays replace). The merged table is then deserialized into typed structs,
+//! and any error names the dotted key and the reason ("`engine.workers`: invalid type:
+//! string \"two\", expected usize"). Validation happens at start-up, before any worker runs.
+//!
+//! Environment variables: `CAP_<SECTION>__<KEY>[__<KEY>...]=value`, e.g.
+//! `CAP_ENGINE__WORKERS=2` or `CAP_SOURCES__CLICKSTREAM__PATH=/data/events.csv`. Keys are
+//! lower-cased; the value is read as a TOML literal when it parses as one (`2`, `true`,
+//! `"x"`, `[1, 2]`) and as a plain string otherwise.
+//!
+//! Layout of the file (see `docs/runbook.md` for every key):
+//! ```toml
+//! [engine]            # runtime: workers, epochs, metrics, console
+//! [sources.NAME]      # one table per source the job declares; `kind` picks the connector
+//! [sinks]             # default sink for every table; [sinks.tables.NAME] overrides one
+//! [job]               # the job's own settings
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A configuration error: which key (or file) and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {cause}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key has a value of the wrong type or an invalid value.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result alias for configuration.
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// Runtime settings, the `[engine]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    pub processes: usize,
+    /// This process's index, 0-based.
+    pub process: usize,
+    /// File with one `host:port` per process, in process order (empty: localhost:2101+i).
+    pub hostfile: Option<PathBuf>,
+    /// Close an epoch after this many records read by a worker (0: no record limit).
+    pub epoch_records: u64,
+    /// Close an epoch after this many milliseconds (0: no time limit).
+    pub epoch_ms: u64,
+    /// Stop after this many records per source in all (split over partitions); none: run until
+    /// the sources end or a stop signal.
+    pub max_events: Option<u64>,
+    /// Address for the Prometheus `/metrics` endpoint (e.g. `127.0.0.1:9464`); none: off.
+    pub metrics_addr: Option<String>,
+    /// Log filter (`info`, `debug`, `cap_engine=debug`...). `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Print a live summary to stderr.
+    pub console: bool,
+    /// Milliseconds between console summaries.
+    pub console_interval_ms: u64,
+    /// Tables whose current rows the console shows (small tables only).
+    pub console_tables: Vec<String>,
+    /// Where the engine writes its own records (epoch positions log).
+    pub state_dir: PathBuf,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            epoch_records: 100_000,
+            epoch_ms: 1000,
+            max_events: None,
+            metrics_addr: None,
+            log_level: "info".into(),
+            console: true,
+            console_interval_ms: 1000,
+            console_tables: Vec::new(),
+            state_dir: PathBuf::from("out/_state"),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, reason: &str| Err(ConfigError::Invalid { key: format!("engine.{key}"), reason: reason.into() });
+        if self.workers == 0 {
+            return bad("workers", "must be at least 1");
+        }
+        if self.processes == 0 {
+            return bad("processes", "must be at least 1");
+        }
+        if self.process >= self.processes {
+            return bad("process", &format!("is {} but must be below engine.processes ({})", self.process, self.processes));
+        }
+        if self.epoch_records == 0 && self.epoch_ms == 0 {
+            return bad("epoch_records", "and engine.epoch_ms are both 0: epochs would never close");
+        }
+        if self.console_interval_ms == 0 {
+            return bad("console_interval_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Sink binding: the `[sinks]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Default sink for every table.
+    #[serde(flatten)]
+    pub default: SinkConfig,
+    /// Per-table overrides, by table name.
+    pub tables: BTreeMap<String, SinkConfig>,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        SinksConfig { default: SinkConfig::default(), tables: BTreeMap::new() }
+    }
+}
+
+impl SinksConfig {
+    /// The sink configuration for `table`.
+    pub fn for_table(&self, table: &str) -> &SinkConfig {
+        self.tables.get(table).unwrap_or(&self.default)
+    }
+}
+
+/// One sink binding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Connector kind: `file` (JSON lines changelog + snapshot) or `null` (discard).
+    pub kind: String,
+    /// Output directory of the file sink.
+    pub dir: PathBuf,
+    /// Milliseconds between snapshot rewrites of the file sink (the final one is always written).
+    pub snapshot_interval_ms: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig { kind: "file".into(), dir: PathBuf::from("out"), snapshot_interval_ms: 5000 }
+    }
+}
+
+/// The merged configuration tree, before and after typing.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    table: toml::Table,
+}
+
+impl Layers {
+    /// Starts from embedded defaults (a TOML document compiled into the job).
+    pub fn from_defaults(defaults: &str) -> Result<Layers> {
+        let table: toml::Table = defaults.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: PathBuf::from("<embedded defaults>"),
+            message: e.to_string(),
+        })?;
+        Ok(Layers { table })
+    }
+
+    /// Merges a TOML file over the current layers.
+    pub fn merge_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        merge(&mut self.table, table);
+        Ok(())
+    }
+
+    /// Merges `CAP_*` variables from an environment (pass `std::env::vars()`).
+    pub fn merge_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("CAP_") else { continue };
+            if !rest.contains("__") {
+                continue; // e.g. CAP_TEST_HDFS_URL: not a config key
+            }
+            let key = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+            self.set(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Sets one dotted key (`sources.clickstream.path`) to a value given as text: a TOML
+    /// literal when it parses as one, a string otherwise.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let parsed = parse_literal(value);
+        self.set_value(key, parsed)
+    }
+
+    /// Sets one dotted key to a typed value.
+    pub fn set_value(&mut self, key: &str, value: toml::Value) -> Result<()> {
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Invalid { key: key.into(), reason: "empty key segment".into() });
+        }
+        let mut table = &mut self.table;
+        for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+            let entry = table.entry((*part).to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: parts[..=i].join("."),
+                        reason: "is a value, not a table".into(),
+                    })
+                }
+            };
+        }
+        table.insert(parts[parts.len() - 1].to_owned(), value);
+        Ok(())
+    }
+
+    /// The sub-table at a dotted key (empty when absent).
+    pub fn table_at(&self, key: &str) -> toml::Table {
+        let mut t = &self.table;
+        for part in key.split('.') {
+            match t.get(part) {
+                Some(toml::Value::Table(inner)) => t = inner,
+                _ => return toml::Table::new(),
+            }
+        }
+        t.clone()
+    }
+
+    /// Names of the sub-tables under `sources`.
+    pub fn source_names(&self) -> Vec<String> {
+        self.table_at("sources").keys().cloned().collect()
+    }
+
+    /// Deserializes the sub-table at `key` into `T`, with errors naming the full dotted key.
+    pub fn typed<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
+        typed_table(key, self.table_at(key))
+    }
+
+    /// The whole merged tree, for printing.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.table).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+    }
+}
+
+/// Deserializes a table into `T`; errors name `prefix.path.to.key`.
+pub fn typed_table<T: DeserializeOwned>(prefix: &str, table: toml::Table) -> Result<T> {
+    let de = toml::Value::Table(table);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{path}") };
+        ConfigError::Invalid { key, reason: e.into_inner().to_string() }
+    })
+}
+
+fn parse_literal(value: &str) -> toml::Value {
+    let doc = format!("v = {value}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: &str = r#"
+        [engine]
+        workers = 1
+        [sources.clickstream]
+        kind = "generator"
+        events = 10
+    "#;
+
+    #[test]
+    fn layers_override_in_order() -> anyhow::Result<()> {
+        let mut layers = Layers::from_defaults(DEFAULTS)?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("cap.toml");
+        std::fs::write(&file, "[engine]\nworkers = 3\nepoch_ms = 50\n")?;
+        layers.merge_file(&file)?;
+        layers.merge_env(vec![
+            ("CAP_ENGINE__WORKERS".to_owned(), "4".to_owned()),
+            ("CAP_SOURCES__CLICKSTREAM__PATH".to_owned(), "/data/x.csv".to_owned()),
+            ("CAP_TEST_HDFS_URL".to_owned(), "ignored".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ])?;
+        layers.set("engine.epoch_records", "7")?;
+        let engine: EngineConfig = layers.typed("engine")?;
+        assert_eq!(engine.workers, 4);
+        assert_eq!(engine.epoch_ms, 50);
+        assert_eq!(engine.epoch_records, 7);
+        let src = layers.table_at("sources.clickstream");
+        assert_eq!(src.get("path").and_then(|v| v.as_str()), Some("/data/x.csv"));
+        assert_eq!(src.get("kind").and_then(|v| v.as_str()), Some("generator"));
+        assert_eq!(layers.source_names(), vec!["clickstream".to_owned()]);
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() -> anyhow::Result<()> {
+        let mut layers = Layers::from_defaults(DEFAULTS)?;
+        layers.set("engine.workers", "two")?;
+        let err = layers.typed::<EngineConfig>("engine").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("engine.workers"), "{err}");
+        let mut layers = Layers::from_defaults(DEFAULTS)?;
+        layers.set("engine.wrokers", "2")?;
+        let err = layers.typed::<EngineConfig>("engine").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("wrokers"), "{err}");
+        let engine = EngineConfig { process: 2, processes: 2, ..EngineConfig::default() };
+        let err = engine.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("engine.process"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_file_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[engine\nworkers = 1").expect("write");
+        let mut layers = Layers::default();
+        let err = layers.merge_file(&file).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("bad.toml"), "{err}");
+    }
+}

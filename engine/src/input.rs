@@ -1,0 +1,328 @@
+//! The source operator: reads a worker's partitions, stamps records with ingest epochs, and
+//! splits them into decoded records and dead letters.
+//!
+//! ```text
+//!  partitions owned by this worker (i % workers == worker)
+//!      |  poll (bounded batches)
+//!      v
+//!  [Source(name)] --output 0--> (T, epoch, +1)            decoded records
+//!                 --output 1--> (DeadLetter, epoch, +1)   undecodable records
+//! ```
+//!
+//! Epochs: all sources of a worker share one [`EpochClock`]. The clock closes the current
+//! epoch after `engine.epoch_records` records or `engine.epoch_ms` milliseconds, whichever
+//! comes first; every source operator then records, per owned partition, the position up
+//! to which the epoch covers its input ([`EpochPositions`], appended to the epoch log) and
+//! downgrades its capability to the next epoch. Event time is data; it never drives epochs.
+//!
+//! A graceful stop (SIGINT/SIGTERM) closes the current epoch, records its positions and
+//! drops the capabilities; downstream operators then complete and sinks flush.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::Scope;
+
+use crate::dead_letter::DeadLetter;
+use crate::metrics::SourceMetrics;
+use crate::source::{EpochPositions, Polled, Source, SourceError, SourcePartition, SourceRecord};
+
+/// Records read per partition per activation, at most.
+const BATCH: usize = 4096;
+
+/// The per-worker epoch clock shared by all source operators of the worker.
+pub struct EpochClock {
+    current: u64,
+    records: u64,
+    opened: Instant,
+    epoch_records: u64,
+    epoch_ms: u64,
+    /// Epochs closed on this worker and when, awaiting completion (for latency).
+    pub closed: VecDeque<(u64, Instant)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochClock {
+    /// A clock at epoch 0.
+    pub fn new(epoch_records: u64, epoch_ms: u64, stop: Arc<AtomicBool>) -> EpochClock {
+        EpochClock { current: 0, records: 0, opened: Instant::now(), epoch_records, epoch_ms, closed: VecDeque::new(), stop }
+    }
+
+    /// The open epoch.
+    pub fn current(&self) -> u64 {
+        self.current
+    }
+
+    /// Records that `n` records were read into the open epoch; closes it when full.
+    fn note(&mut self, n: u64) {
+        self.records += n;
+        self.maybe_close();
+    }
+
+    /// Closes the open epoch when it is full or old enough.
+    fn maybe_close(&mut self) {
+        let full = self.epoch_records > 0 && self.records >= self.epoch_records;
+        let old = self.epoch_ms > 0 && self.opened.elapsed() >= Duration::from_millis(self.epoch_ms);
+        if full || (old && self.records > 0) {
+            self.close();
+        } else if old {
+            // Nothing read: restart the timer instead of closing empty epochs.
+            self.opened = Instant::now();
+        }
+    }
+
+    fn close(&mut self) {
+        self.closed.push_back((self.current, Instant::now()));
+        self.current += 1;
+        self.records = 0;
+        self.opened = Instant::now();
+    }
+
+    /// Records to read before the open epoch is full.
+    fn room(&self) -> usize {
+        if self.epoch_records == 0 {
+            BATCH
+        } else {
+            (self.epoch_records.saturating_sub(self.records) as usize).clamp(1, BATCH)
+        }
+    }
+
+    /// Time until the open epoch times out.
+    fn time_left(&self) -> Duration {
+        if self.epoch_ms == 0 {
+            return Duration::from_millis(10);
+        }
+        Duration::from_millis(self.epoch_ms).saturating_sub(self.opened.elapsed())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Marks `epoch` as closed now if it is not already (a source ended inside it).
+    fn note_final(&mut self, epoch: u64) {
+        if !self.closed.iter().any(|(e, _)| *e == epoch) {
+            self.closed.push_back((epoch, Instant::now()));
+        }
+    }
+}
+
+/// The per-worker log of epoch positions (`<state_dir>/epochs/worker-<i>.jsonl`).
+pub struct EpochLog {
+    path: Option<PathBuf>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl EpochLog {
+    /// A log under `state_dir` for global worker `worker`; `None` keeps nothing on disk.
+    pub fn open(state_dir: Option<&Path>, worker: usize) -> std::io::Result<EpochLog> {
+        let Some(dir) = state_dir else { return Ok(EpochLog { path: None, file: None }) };
+        let dir = dir.join("epochs");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("worker-{worker}.jsonl"));
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+        Ok(EpochLog { path: Some(path), file: Some(std::io::BufWriter::new(file)) })
+    }
+
+    /// Appends one record and flushes it.
+    pub fn record(&mut self, rec: &EpochPositions) {
+        if let Some(f) = self.file.as_mut() {
+            let line = serde_json::to_string(rec).unwrap_or_default();
+            if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
+                tracing::warn!(path = ?self.path, error = %e, "cannot append to the epoch log");
+            }
+        }
+    }
+}
+
+/// The collections a source contributes to the dataflow.
+pub struct SourceStreams<'s, T: 'static> {
+    /// Decoded records, stamped with their ingest epoch.
+    pub records: VecCollection<'s, u64, T>,
+    /// Undecodable records with their reasons.
+    pub dead_letters: VecCollection<'s, u64, DeadLetter>,
+}
+
+struct OwnedPartition<T> {
+    label: String,
+    inner: Box<dyn SourcePartition<T>>,
+    remaining: Option<u64>,
+    done: bool,
+}
+
+/// Everything the source operator needs, bundled.
+pub struct SourceSpec<T> {
+    /// The configured source.
+    pub source: Arc<dyn Source<T>>,
+    /// Total records to read over all partitions (split by partition), if limited.
+    pub limit: Option<u64>,
+    /// Counters.
+    pub metrics: SourceMetrics,
+}
+
+/// The share of `total` that partition `index` of `count` reads.
+pub fn share(total: u64, index: usize, count: usize) -> u64 {
+    let count = count as u64;
+    let index = index as u64;
+    total / count + u64::from(index < total % count)
+}
+
+/// Builds the source operator for `spec` in `scope`.
+pub fn source_operator<'s, T: ExchangeData>(
+    scope: Scope<'s, u64>,
+    spec: SourceSpec<T>,
+    clock: Rc<RefCell<EpochClock>>,
+    log: Rc<RefCell<EpochLog>>,
+) -> Result<SourceStreams<'s, T>, SourceError> {
+    let name = spec.source.name().to_owned();
+    let labels = spec.source.partitions();
+    let (index, peers) = (scope.index(), scope.peers());
+    let mut owned: Vec<OwnedPartition<T>> = Vec::new();
+    for (i, label) in labels.iter().enumerate() {
+        if i % peers == index {
+            let inner = spec.source.open(i)?;
+            owned.push(OwnedPartition {
+                label: label.clone(),
+                inner,
+                remaining: spec.limit.map(|n| share(n, i, labels.len())),
+                done: false,
+            });
+        }
+    }
+    tracing::info!(source = %name, worker = index, partitions = owned.len(), "source opened");
+
+    let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address);
+    let (out_ok, stream_ok) = builder.new_output::<Vec<(T, u64, isize)>>();
+    let (out_err, stream_err) = builder.new_output::<Vec<(DeadLetter, u64, isize)>>();
+    let mut out_ok: OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<(T, u64, isize)>>> = OutputBuilder::from(out_ok);
+    let mut out_err: OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<(DeadLetter, u64, isize)>>> =
+        OutputBuilder::from(out_err);
+    let metrics = spec.metrics;
+
+    builder.build(move |mut caps| {
+        let mut caps = {
+            let err_cap = caps.pop();
+            let ok_cap = caps.pop();
+            match (ok_cap, err_cap) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => None,
+            }
+        };
+        let mut buffer: Vec<SourceRecord<T>> = Vec::with_capacity(BATCH);
+        let mut cursor = 0usize;
+        move |_frontiers| {
+            let Some((cap_ok, cap_err)) = caps.as_mut() else { return };
+            let mut clock = clock.borrow_mut();
+            let epoch = *cap_ok.time();
+
+            // Close epochs the clock has moved past: record positions, downgrade.
+            let finished = owned.iter().all(|p| p.done) || clock.stopping();
+            if clock.current() > epoch || finished {
+                let rec = EpochPositions {
+                    epoch,
+                    source: name.clone(),
+                    positions: owned.iter().map(|p| (p.label.clone(), p.inner.position())).collect(),
+                };
+                if !owned.is_empty() {
+                    log.borrow_mut().record(&rec);
+                }
+                if finished {
+                    if !owned.is_empty() {
+                        clock.note_final(epoch);
+                    }
+                    tracing::info!(source = %name, worker = index, last_epoch = epoch, "source finished");
+                    caps = None;
+                    return;
+                }
+                let next = clock.current();
+                cap_ok.downgrade(&next);
+                cap_err.downgrade(&next);
+            }
+            let epoch = *cap_ok.time();
+
+            // Read a bounded batch from the owned partitions, round robin.
+            let mut read_any = false;
+            let n = owned.len();
+            for step in 0..n {
+                if clock.current() != epoch {
+                    break;
+                }
+                let p = &mut owned[(cursor + step) % n];
+                if p.done {
+                    continue;
+                }
+                let mut budget = clock.room();
+                if let Some(rem) = p.remaining {
+                    if rem == 0 {
+                        p.done = true;
+                        continue;
+                    }
+                    budget = budget.min(rem as usize);
+                }
+                buffer.clear();
+                match p.inner.poll(budget, &mut buffer) {
+                    Ok(Polled::Records(_)) => {}
+                    Ok(Polled::Idle) => {}
+                    Ok(Polled::Exhausted) => p.done = true,
+                    Err(e) => {
+                        // The partition failed (I/O): stop reading it, loudly, keep the rest.
+                        tracing::error!(source = %name, partition = %p.label, error = %e, "partition failed; no further records will be read from it");
+                        p.done = true;
+                    }
+                }
+                if buffer.is_empty() {
+                    continue;
+                }
+                read_any = true;
+                if let Some(rem) = p.remaining.as_mut() {
+                    *rem = rem.saturating_sub(buffer.len() as u64);
+                }
+                let (mut oks, mut errs) = (0u64, 0u64);
+                {
+                    let mut ok_out = out_ok.activate();
+                    let mut err_out = out_err.activate();
+                    let mut ok_session = ok_out.session(&*cap_ok);
+                    let mut err_session = err_out.session(&*cap_err);
+                    for rec in buffer.drain(..) {
+                        match rec.item {
+                            Ok(item) => {
+                                oks += 1;
+                                ok_session.give((item, epoch, 1isize));
+                            }
+                            Err(dead) => {
+                                errs += 1;
+                                err_session.give((dead, epoch, 1isize));
+                            }
+                        }
+                    }
+                }
+                metrics.records.add(oks);
+                metrics.dead_letters.add(errs);
+                clock.note(oks + errs);
+            }
+            cursor = cursor.wrapping_add(1);
+            clock.maybe_close();
+
+            if read_any {
+                activator.activate();
+            } else if owned.iter().all(|p| p.done) || clock.stopping() || clock.current() != epoch {
+                activator.activate();
+            } else {
+                activator.activate_after(clock.time_left().min(Duration::from_millis(5)));
+            }
+        }
+    });
+
+    Ok(SourceStreams { records: stream_ok.as_collection(), dead_letters: stream_err.as_collection() })
+}

@@ -1,0 +1,215 @@
+//! Table sinks: turn a differential collection of rows into per-epoch keyed changes.
+//!
+//! ```text
+//!  rows (VecCollection<R>) --exchange to the table's writer worker--> buffer by epoch
+//!      --frontier passes epoch e--> consolidate, group by primary key, sort by key
+//!      --> [Change { key, row: Some(new) | None }] --> TableWriter::write_epoch(e, ..)
+//! ```
+//!
+//! A table is a function from primary key to row. At each epoch the sink emits, in key
+//! order, one change per key whose row changed: an upsert with the new row, or a delete
+//! (tombstone) when the key left the result. This is exactly what a compacted Kafka topic
+//! or a keyed changelog needs.
+//!
+//! Guarantees: epochs are written in increasing order, each exactly once per run, only
+//! when complete (the frontier has passed them); within an epoch changes are sorted by key.
+//! Non-guarantees: one writer per table (a single partition) in this version; a key with
+//! more than one live row is a bug in the job, logged at ERROR (the last row wins).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::{ExchangeData, Hashable, VecCollection};
+use serde::Serialize;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::Probe;
+
+use crate::metrics::SinkMetrics;
+
+/// A row of an output table.
+pub trait TableRow: ExchangeData + Serialize {
+    /// The primary key.
+    type Key: Ord + Serialize + Clone;
+    /// This row's primary key.
+    fn key(&self) -> Self::Key;
+}
+
+/// One keyed change of a table at an epoch: `row` is the new row, or `None` when the key
+/// left the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Primary key as a JSON object.
+    pub key: String,
+    /// The row as a JSON object, or `None` for a delete.
+    pub row: Option<String>,
+}
+
+/// An error writing a sink.
+#[derive(Debug, thiserror::Error)]
+#[error("sink for table `{table}`: {what}")]
+pub struct SinkError {
+    /// The table.
+    pub table: String,
+    /// What failed.
+    pub what: String,
+    /// The cause.
+    #[source]
+    pub cause: Option<std::io::Error>,
+}
+
+/// Where one table's changes go. Implemented by connectors (files, Kafka, Parquet, null).
+pub trait TableWriter {
+    /// Whether this writer reads the JSON of changes (a null sink does not, which saves
+    /// serializing rows nobody reads).
+    fn wants_rows(&self) -> bool {
+        true
+    }
+    /// Writes all changes of `epoch`, sorted by key. Called once per completed epoch that
+    /// has changes, in increasing epoch order.
+    fn write_epoch(&mut self, epoch: u64, changes: &[Change]) -> Result<(), SinkError>;
+    /// Called when the input is complete (end of input or graceful stop).
+    fn close(&mut self) -> Result<(), SinkError>;
+}
+
+/// Opens table writers from configuration. Implemented by the connectors crate.
+pub trait SinkFactory: Send + Sync {
+    /// Opens the writer for `table` bound to `config`.
+    fn open(&self, table: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn TableWriter>, SinkError>;
+}
+
+/// The current rows of a table, kept for the live console (small tables only).
+pub type LiveView = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Which worker writes `table`: a stable hash of the name, so every process agrees.
+pub fn writer_worker(table: &str, peers: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in table.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % peers as u64) as usize
+}
+
+/// Attaches a table sink to `rows`. `writer` is opened only on the table's writer worker
+/// (the closure runs there and nowhere else). Returns after wiring; the probe handle is
+/// advanced once an epoch is written.
+pub fn sink_table<'s, R>(
+    rows: VecCollection<'s, u64, R>,
+    table: &str,
+    writer: Option<Box<dyn TableWriter>>,
+    live: Option<LiveView>,
+    metrics: SinkMetrics,
+    probe: &ProbeHandle<u64>,
+) where
+    R: TableRow + Hashable,
+{
+    let scope = rows.inner.scope();
+    let peers = scope.peers();
+    let target = writer_worker(table, peers) as u64;
+    let table_name = table.to_owned();
+    let mut writer = writer;
+    let serialize = writer.as_ref().map(|w| w.wants_rows()).unwrap_or(false) || live.is_some();
+    let mut pending: BTreeMap<u64, Vec<(R, isize)>> = BTreeMap::new();
+    let mut closed = false;
+    // Held while epochs are buffered, so that the probe only passes an epoch once written.
+    let mut held: Option<timely::dataflow::operators::Capability<u64>> = None;
+
+    rows.inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(move |_update: &(R, u64, isize)| target),
+            &format!("Sink({table})"),
+            move |_cap, _info| {
+                move |(input, frontier), _output| {
+                    input.for_each(|cap, data| {
+                        if let Some(c) = cap.retain_least(0) {
+                            if held.as_ref().map(|h| c.time() < h.time()).unwrap_or(true) {
+                                held = Some(c);
+                            }
+                        }
+                        for (row, time, diff) in data.drain(..) {
+                            pending.entry(time).or_default().push((row, diff));
+                        }
+                    });
+                    // Write every epoch the frontier has passed, in order.
+                    while let Some(epoch) = pending.keys().next().copied() {
+                        if frontier.less_equal(&epoch) {
+                            break;
+                        }
+                        let updates = pending.remove(&epoch).unwrap_or_default();
+                        let changes = to_changes(&table_name, updates, serialize);
+                        if changes.is_empty() {
+                            continue;
+                        }
+                        metrics.changes.add(changes.len() as u64);
+                        if let Some(view) = &live {
+                            let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
+                            for c in &changes {
+                                match &c.row {
+                                    Some(r) => {
+                                        view.insert(c.key.clone(), r.clone());
+                                    }
+                                    None => {
+                                        view.remove(&c.key);
+                                    }
+                                }
+                            }
+                        }
+                        if let Some(w) = writer.as_mut() {
+                            if let Err(e) = w.write_epoch(epoch, &changes) {
+                                // Losing output is a broken guarantee: say so loudly.
+                                tracing::error!(table = %table_name, epoch, error = %e, "sink write failed; output for this epoch is incomplete");
+                            }
+                        }
+                    }
+                    match pending.keys().next() {
+                        None => held = None,
+                        Some(first) => {
+                            if let Some(h) = held.as_mut() {
+                                if h.time() < first {
+                                    h.downgrade(first);
+                                }
+                            }
+                        }
+                    }
+                    if frontier.is_empty() && !closed {
+                        closed = true;
+                        if let Some(w) = writer.as_mut() {
+                            if let Err(e) = w.close() {
+                                tracing::error!(table = %table_name, error = %e, "sink close failed");
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .probe_with(probe);
+}
+
+/// Groups consolidated updates by key into changes sorted by key.
+fn to_changes<R: TableRow>(table: &str, mut updates: Vec<(R, isize)>, serialize: bool) -> Vec<Change> {
+    differential_dataflow::consolidation::consolidate(&mut updates);
+    let mut by_key: BTreeMap<R::Key, (Option<R>, bool)> = BTreeMap::new();
+    for (row, diff) in updates {
+        let entry = by_key.entry(row.key()).or_insert((None, false));
+        if diff > 0 {
+            if diff != 1 || entry.0.is_some() {
+                tracing::error!(table, diff, "more than one row per key: the job broke the table's key invariant");
+            }
+            entry.0 = Some(row);
+        } else {
+            entry.1 = true; // a retraction: the key may be leaving
+        }
+    }
+    let mut out = Vec::with_capacity(by_key.len());
+    for (key, (row, _retracted)) in by_key {
+        let key_json = if serialize { serde_json::to_string(&key).unwrap_or_default() } else { String::new() };
+        let row_json = match row {
+            Some(r) => Some(if serialize { serde_json::to_string(&r).unwrap_or_default() } else { String::new() }),
+            None => None,
+        };
+        out.push(Change { key: key_json, row: row_json });
+    }
+    out
+}
