@@ -1,10 +1,100 @@
 //! CAP connectors: where data comes from and where results go.
 //!
 //! - [`clickstream`]: the event model of the output contract and its CSV/JSON codecs.
-//! - [`generator`]: a deterministic, calibrated synthetic clickstream (a source and a CLI).
+//! - [`generator`]: a deterministic, calibrated synthetic clickstream (a source and the
+//!   `generate` command).
 //! - [`file`]: replays CSV/JSON files (plain or gzip) as a partitioned source.
-//! - [`sinks`]: JSON-lines file sink (changelog + snapshot) and the null sink.
+//! - [`sinks`]: the JSON-lines file sink (changelog + snapshot) and the null sink.
+//!
+//! Jobs open their sources with the opener of the record type they read (e.g.
+//! [`open_clickstream`]) and link [`Connectors`] into their binary, which gives the engine
+//! its sinks and the CLI its extra commands:
+//!
+//! ```no_run
+//! # struct MyJob;
+//! # impl cap_engine::job::Job for MyJob {
+//! #   fn name(&self) -> &'static str { "my-job" }
+//! #   fn about(&self) -> &'static str { "" }
+//! #   fn default_config(&self) -> &'static str { "" }
+//! #   fn tables(&self) -> Vec<&'static str> { vec![] }
+//! #   fn build<'s>(&self, _df: &mut cap_engine::job::Dataflow<'s>) -> Result<(), cap_engine::job::BuildError> { Ok(()) }
+//! # }
+//! fn main() -> std::process::ExitCode {
+//!     cap_engine::cli::main(MyJob, std::sync::Arc::new(cap_connectors::Connectors))
+//! }
+//! ```
 #![warn(missing_docs)]
 
+use std::sync::Arc;
+
+use cap_engine::cli::Extension;
+use cap_engine::config::{typed_table, SinkConfig};
+use cap_engine::sink::{SinkError, SinkFactory, TableWriter};
+use cap_engine::source::{Source, SourceError};
+
 pub mod clickstream;
+pub mod file;
+pub mod generate_cmd;
 pub mod generator;
+pub mod sinks;
+
+use clickstream::Event;
+
+/// Opens a clickstream source from its `[sources.NAME]` table: `kind = "generator"` or
+/// `kind = "file"`. Errors name the key and the reason.
+pub fn open_clickstream(name: &str, table: &toml::Table) -> Result<Arc<dyn Source<Event>>, SourceError> {
+    let prefix = format!("sources.{name}");
+    let cfg_err = |e: cap_engine::config::ConfigError| SourceError::Config { source_name: name.to_owned(), reason: e.to_string() };
+    let kind = table.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+    match kind {
+        "generator" => {
+            let mut t = table.clone();
+            t.remove("kind");
+            let cfg: generator::GeneratorConfig = typed_table(&prefix, t).map_err(cfg_err)?;
+            cfg.validate().map_err(|reason| SourceError::Config { source_name: name.to_owned(), reason: format!("{prefix}: {reason}") })?;
+            let source = generator::GeneratorSource::try_new(name, cfg).map_err(|e| SourceError::Config { source_name: name.to_owned(), reason: format!("{prefix}: {e}") })?;
+            Ok(Arc::new(source))
+        }
+        "file" => {
+            let cfg: file::FileSourceConfig = typed_table(&prefix, table.clone()).map_err(cfg_err)?;
+            Ok(Arc::new(file::FileSource::new(name, cfg)?))
+        }
+        "kafka" => Err(SourceError::Config {
+            source_name: name.to_owned(),
+            reason: format!("{prefix}.kind = \"kafka\": the Kafka connector is not in this build yet"),
+        }),
+        other => Err(SourceError::Config {
+            source_name: name.to_owned(),
+            reason: format!("{prefix}.kind is `{other}`; expected `generator` or `file`"),
+        }),
+    }
+}
+
+/// The connectors linked into a job binary: sinks (`file`, `null`) and the `generate` command.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connectors;
+
+impl SinkFactory for Connectors {
+    fn open(&self, table: &str, config: &SinkConfig) -> Result<Box<dyn TableWriter>, SinkError> {
+        sinks::FileAndNullSinks.open(table, config)
+    }
+}
+
+impl Extension for Connectors {
+    fn commands(&self) -> Vec<clap::Command> {
+        vec![generate_cmd::command()]
+    }
+
+    fn run(&self, name: &str, matches: &clap::ArgMatches) -> Option<Result<(), String>> {
+        match name {
+            "generate" => Some(generate_cmd::run(matches)),
+            _ => None,
+        }
+    }
+}
+
+impl cap_engine::cli::Connectors for Connectors {
+    fn sink_factory(self: Arc<Self>) -> Arc<dyn SinkFactory> {
+        self
+    }
+}

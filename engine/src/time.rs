@@ -107,6 +107,29 @@ pub fn format_rfc3339(ms: i64) -> String {
     }
 }
 
+/// A UTC day that serializes as `YYYY-MM-DD` (for output rows) and orders chronologically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(from = "i32")]
+pub struct UtcDay(pub Day);
+
+impl From<i32> for UtcDay {
+    fn from(d: i32) -> UtcDay {
+        UtcDay(d)
+    }
+}
+
+impl serde::Serialize for UtcDay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_day(self.0))
+    }
+}
+
+impl std::fmt::Display for UtcDay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_day(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

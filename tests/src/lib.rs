@@ -1,1 +1,227 @@
-//! Test support.
+//! Support for CAP's end-to-end tests: locating the real job binary, running it, reading
+//! its outputs, and an *independent* batch implementation of the output contract.
+//!
+//! The batch side deliberately shares no code with the engine, the operators or the
+//! decoders: it parses CSV with its own small parser and dates with `chrono`, and computes
+//! each table with plain maps, straight from the contract's wording.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+use chrono::{Datelike, NaiveDateTime};
+use serde_json::Value;
+
+/// The `customer-analytics` binary of this build (built on first use if missing).
+pub fn job_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            // target/<profile>/deps/<test-exe> -> target/<profile>/customer-analytics
+            let profile_dir = exe.parent().and_then(Path::parent).ok_or("cannot locate the target directory")?.to_owned();
+            let bin = profile_dir.join("customer-analytics");
+            if !bin.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut cmd = Command::new(cargo);
+                cmd.args(["build", "-p", "customer-analytics", "--bin", "customer-analytics"]);
+                if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+                    cmd.arg("--release");
+                }
+                let status = cmd.status().map_err(|e| format!("cannot run cargo build: {e}"))?;
+                if !status.success() || !bin.exists() {
+                    return Err(format!("cargo build of customer-analytics failed; expected {}", bin.display()));
+                }
+            }
+            Ok(bin)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Runs the job binary with `args`, failing with its stderr when it exits non-zero.
+pub fn run_job(args: &[&str]) -> Result<std::process::Output> {
+    let bin = job_binary()?;
+    let out = Command::new(&bin).args(args).env_remove("RUST_LOG").output().with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("{} {:?} failed with {}:\n{}", bin.display(), args, out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+/// Reads a JSON-lines file into values.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).with_context(|| format!("bad JSON line in {}: {l}", path.display()))).collect()
+}
+
+/// Folds a `<table>.changelog.jsonl` into the current rows by key, checking that epochs
+/// never go backwards.
+pub fn fold_changelog(path: &Path) -> Result<BTreeMap<String, Value>> {
+    let mut current = BTreeMap::new();
+    let mut last_epoch = 0u64;
+    for line in read_jsonl(path)? {
+        let epoch = line["epoch"].as_u64().context("changelog line without epoch")?;
+        if epoch < last_epoch {
+            bail!("{}: epoch {epoch} after {last_epoch}", path.display());
+        }
+        last_epoch = epoch;
+        let key = line["key"].to_string();
+        match &line["row"] {
+            Value::Null => {
+                current.remove(&key);
+            }
+            row => {
+                current.insert(key, row.clone());
+            }
+        }
+    }
+    Ok(current)
+}
+
+/// One event as the batch side reads it.
+#[derive(Debug, Clone)]
+pub struct BatchEvent {
+    /// Event time, ms.
+    pub time_ms: i64,
+    /// `view`, `cart`, `remove_from_cart`, `purchase`.
+    pub event_type: String,
+    /// User.
+    pub user_id: u64,
+    /// Session, if any.
+    pub session: Option<String>,
+}
+
+/// Splits a CSV line (RFC 4180 quotes) into fields.
+pub fn split_csv(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, in_quotes) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', true) => in_quotes = false,
+            ('"', false) if cur.is_empty() => in_quotes = true,
+            (',', false) => fields.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
+}
+
+/// Reads a REES46 CSV: the valid events and the line numbers of rows it rejects.
+/// A row is valid when it has the header's field count, a parseable time in 2000-2099, a
+/// known event type, numeric ids and a finite price.
+pub fn read_csv_batch(path: &Path) -> Result<(Vec<BatchEvent>, BTreeSet<u64>)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines = text.lines().enumerate();
+    let (_, header) = lines.next().context("empty CSV")?;
+    let cols: Vec<String> = split_csv(header);
+    let idx = |name: &str| cols.iter().position(|c| c == name).with_context(|| format!("no column {name}"));
+    let (i_time, i_type, i_product, i_category, i_price, i_user, i_session) =
+        (idx("event_time")?, idx("event_type")?, idx("product_id")?, idx("category_id")?, idx("price")?, idx("user_id")?, idx("user_session")?);
+    let mut events = Vec::new();
+    let mut bad = BTreeSet::new();
+    for (i, line) in lines {
+        let lineno = i as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f = split_csv(line);
+        let ok = (|| -> Option<BatchEvent> {
+            if f.len() != cols.len() {
+                return None;
+            }
+            let t = NaiveDateTime::parse_from_str(f[i_time].trim_end_matches(" UTC"), "%Y-%m-%d %H:%M:%S").ok()?;
+            if !(2000..=2099).contains(&t.year()) {
+                return None;
+            }
+            if !["view", "cart", "remove_from_cart", "purchase"].contains(&f[i_type].as_str()) {
+                return None;
+            }
+            f[i_product].parse::<u64>().ok()?;
+            f[i_category].parse::<u64>().ok()?;
+            if !f[i_price].parse::<f64>().ok()?.is_finite() {
+                return None;
+            }
+            Some(BatchEvent {
+                time_ms: t.and_utc().timestamp_millis(),
+                event_type: f[i_type].clone(),
+                user_id: f[i_user].parse().ok()?,
+                session: Some(f[i_session].clone()).filter(|s| !s.is_empty()),
+            })
+        })();
+        match ok {
+            Some(e) => events.push(e),
+            None => {
+                bad.insert(lineno);
+            }
+        }
+    }
+    Ok((events, bad))
+}
+
+fn day_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+/// `daily_visitors` as a batch query: day -> (visitors, sessions, events).
+pub fn batch_daily_visitors(events: &[BatchEvent]) -> BTreeMap<String, (u64, u64, u64)> {
+    let mut users: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    let mut sessions: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for e in events {
+        let day = day_text(e.time_ms);
+        users.entry(day.clone()).or_default().insert(e.user_id);
+        if let Some(s) = &e.session {
+            sessions.entry(day.clone()).or_default().insert(s.clone());
+        }
+        *counts.entry(day).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(day, n)| {
+            let v = users.get(&day).map(|s| s.len() as u64).unwrap_or(0);
+            let s = sessions.get(&day).map(|s| s.len() as u64).unwrap_or(0);
+            (day, (v, s, n))
+        })
+        .collect()
+}
+
+/// `session_funnel_daily` as a batch query: (day, step) -> sessions reaching >= step.
+pub fn batch_funnel(events: &[BatchEvent]) -> BTreeMap<(String, u64), u64> {
+    let mut by_session: HashMap<&str, Vec<&BatchEvent>> = HashMap::new();
+    for e in events {
+        if let Some(s) = &e.session {
+            by_session.entry(s.as_str()).or_default().push(e);
+        }
+    }
+    let mut out: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    for evs in by_session.values() {
+        let first = evs.iter().map(|e| e.time_ms).min().unwrap_or(0);
+        // Largest k with view <= cart <= purchase times, by exhaustive search over pairs.
+        let times = |t: &str| -> Vec<i64> { evs.iter().filter(|e| e.event_type == t).map(|e| e.time_ms).collect() };
+        let (views, carts, buys) = (times("view"), times("cart"), times("purchase"));
+        let mut reached = 0;
+        if !views.is_empty() {
+            reached = 1;
+            if carts.iter().any(|c| views.iter().any(|v| v <= c)) {
+                reached = 2;
+                if buys.iter().any(|p| carts.iter().any(|c| c <= p && views.iter().any(|v| v <= c))) {
+                    reached = 3;
+                }
+            }
+        }
+        for step in 1..=reached {
+            *out.entry((day_text(first), step)).or_default() += 1;
+        }
+    }
+    out
+}

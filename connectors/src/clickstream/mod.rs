@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub mod csv;
 pub mod json;
 pub mod encode;
+pub mod timestamp;
 
 /// The kind of a clickstream event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

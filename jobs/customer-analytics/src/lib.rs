@@ -1,1 +1,171 @@
-//! Flagship job.
+//! `customer-analytics`: the flagship CAP job, computing the output contract
+//! (`docs/output-contract.md`) incrementally over a clickstream.
+//!
+//! This slice computes `daily_visitors`, `session_funnel_daily` and `dead_letters`:
+//!
+//! ```text
+//!  clickstream ──decode──┬── dead letters ──────────────────────────────────▶ dead_letters
+//!                        └── clicks (time, user, session, kind)
+//!                              ├─ (day)           pre_aggregate ─ count ─────────┐
+//!                              ├─ (day, user)     pre_aggregate ─ distinct_count ├─ per day ─▶ daily_visitors
+//!                              ├─ (day, session)  pre_aggregate ─ distinct_count ┘
+//!                              └─ (session, (step, time)) pre_aggregate ─ ordered_funnel
+//!                                     ─ funnel_step_counts(day of first event) ─ per day ─▶ session_funnel_daily
+//! ```
+//!
+//! Every table is, after each epoch, exactly the batch query over all events read so far
+//! (the end-to-end test checks it against an independent batch computation).
+
+use std::sync::Arc;
+
+use cap_connectors::clickstream::{Event, EventType, SessionId};
+use cap_engine::job::{BuildError, Dataflow, Job};
+use cap_engine::time::{day_of, Day, UtcDay};
+use cap_operators::distinct::distinct_count;
+use cap_operators::funnel::{funnel_step_counts, ordered_funnel, NO_STEP};
+use cap_operators::local::pre_aggregate;
+use serde::{Deserialize, Serialize, Serializer};
+
+pub mod rows;
+
+pub use rows::{DailyVisitorsRow, DeadLetterRow, FunnelRow};
+
+/// The job's own settings (`[job]`). None yet; unknown keys are rejected.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {}
+
+/// The customer-analytics job.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CustomerAnalytics;
+
+/// The embedded default configuration: generator in, JSON-lines files out.
+pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
+
+/// Output tables, in a stable order.
+pub const TABLES: [&str; 3] = ["daily_visitors", "session_funnel_daily", "dead_letters"];
+
+/// The per-event projection the tables need: small, so fanning it out is cheap.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Click {
+    /// Event time (ms).
+    pub time: i64,
+    /// User.
+    pub user: u64,
+    /// Session, when present.
+    pub session: Option<SessionId>,
+    /// Event kind.
+    pub kind: EventType,
+}
+
+impl From<&Event> for Click {
+    fn from(e: &Event) -> Click {
+        Click { time: e.event_time, user: e.user_id, session: e.user_session.clone(), kind: e.event_type }
+    }
+}
+
+/// The funnel step of an event kind: view 0, cart 1, purchase 2, others none.
+pub fn funnel_step(kind: EventType) -> u8 {
+    match kind {
+        EventType::View => 0,
+        EventType::Cart => 1,
+        EventType::Purchase => 2,
+        EventType::RemoveFromCart => NO_STEP,
+    }
+}
+
+/// Which daily metric a per-day value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum DailyMetric {
+    Events,
+    Visitors,
+    Sessions,
+}
+
+fn day_bucket(t: i64) -> Day {
+    day_of(t)
+}
+
+impl Job for CustomerAnalytics {
+    fn name(&self) -> &'static str {
+        "customer-analytics"
+    }
+
+    fn about(&self) -> &'static str {
+        "Real-time customer analytics over a clickstream: visitors, funnels and more, per the output contract"
+    }
+
+    fn default_config(&self) -> &'static str {
+        DEFAULT_CONFIG
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        TABLES.to_vec()
+    }
+
+    fn build<'s>(&self, df: &mut Dataflow<'s>) -> Result<(), BuildError> {
+        let _settings: Settings = df.settings()?;
+        let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
+        let clicks = input.records.map(|e| Click::from(&e));
+
+        // daily_visitors
+        let events_per_day = pre_aggregate(clicks.clone().map(|c| day_of(c.time)), "events_per_day")
+            .count()
+            .map(|(day, n)| (day, (DailyMetric::Events, n as u64)));
+        let visitors = distinct_count(pre_aggregate(clicks.clone().map(|c| (day_of(c.time), c.user)), "day_user"))
+            .map(|(day, n)| (day, (DailyMetric::Visitors, n)));
+        let session_days = pre_aggregate(clicks.clone().flat_map(|c| c.session.map(|s| (day_of(c.time), s))), "day_session");
+        let sessions = distinct_count(session_days).map(|(day, n)| (day, (DailyMetric::Sessions, n)));
+        let daily = events_per_day.concat(visitors).concat(sessions).reduce_named("DailyVisitors", |day: &Day, input, output| {
+            let mut row = DailyVisitorsRow { day: UtcDay(*day), visitors: 0, sessions: 0, events: 0 };
+            for ((metric, n), diff) in input {
+                if *diff <= 0 {
+                    continue;
+                }
+                match metric {
+                    DailyMetric::Events => row.events = *n,
+                    DailyMetric::Visitors => row.visitors = *n,
+                    DailyMetric::Sessions => row.sessions = *n,
+                }
+            }
+            output.push((row, 1isize));
+        });
+        df.sink("daily_visitors", daily.map(|(_day, row)| row))?;
+
+        // session_funnel_daily
+        let steps = pre_aggregate(
+            clicks.flat_map(|c| {
+                let step = funnel_step(c.kind);
+                c.session.map(|s| (s, (step, c.time)))
+            }),
+            "session_steps",
+        );
+        let progress = ordered_funnel(steps, 3);
+        let funnel = funnel_step_counts(progress, day_bucket)
+            .map(|((day, step), n)| (day, (step, n)))
+            .reduce_named("FunnelDaily", |day: &Day, input, output| {
+                let first = input.iter().find(|((s, _), d)| *s == 1 && *d > 0).map(|((_, n), _)| *n).unwrap_or(0);
+                for ((step, n), diff) in input {
+                    if *diff > 0 {
+                        output.push((FunnelRow { day: UtcDay(*day), step: *step, sessions: *n, step1_sessions: first }, 1isize));
+                    }
+                }
+            });
+        df.sink("session_funnel_daily", funnel.map(|(_day, row)| row))?;
+
+        // dead_letters
+        df.sink("dead_letters", input.dead_letters.map(|d| DeadLetterRow::from(&d)))?;
+        Ok(())
+    }
+}
+
+/// Serializes a ratio `num / den` as a JSON number (0 when `den` is 0), rounded to 6 decimals.
+pub fn ratio<S: Serializer>(num: u64, den: u64, s: S) -> Result<S::Ok, S::Error> {
+    let r = if den == 0 { 0.0 } else { num as f64 / den as f64 };
+    s.serialize_f64((r * 1e6).round() / 1e6)
+}
+
+/// Runs the job's CLI with the standard connectors: the whole `main` of the binary.
+pub fn main() -> std::process::ExitCode {
+    cap_engine::cli::main(CustomerAnalytics, Arc::new(cap_connectors::Connectors))
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `customer-analytics` binary: `customer-analytics --help`.
+
+fn main() -> std::process::ExitCode {
+    customer_analytics::main()
+}

@@ -1,0 +1,129 @@
+//! Output rows of the customer-analytics tables, with their primary keys and JSON forms
+//! (see `docs/output-contract.md`).
+
+use cap_engine::dead_letter::DeadLetter;
+use cap_engine::sink::TableRow;
+use cap_engine::time::UtcDay;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// `daily_visitors`: per UTC day, distinct visitors, distinct sessions and events.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DailyVisitorsRow {
+    /// The day (`YYYY-MM-DD`).
+    pub day: UtcDay,
+    /// Distinct user_id with any event that day.
+    pub visitors: u64,
+    /// Distinct non-null user_session with an event that day.
+    pub sessions: u64,
+    /// Events that day.
+    pub events: u64,
+}
+
+/// Primary key of `daily_visitors`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DayKey {
+    /// The day.
+    pub day: UtcDay,
+}
+
+impl TableRow for DailyVisitorsRow {
+    type Key = DayKey;
+    fn key(&self) -> DayKey {
+        DayKey { day: self.day }
+    }
+}
+
+/// The funnel's step names, 1-based.
+pub const STEP_NAMES: [&str; 3] = ["view", "cart", "purchase"];
+
+/// `session_funnel_daily`: per day (of the session's first event) and step, the sessions
+/// that reached at least that step.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+pub struct FunnelRow {
+    /// Day of the sessions' first event.
+    pub day: UtcDay,
+    /// Step, 1-based.
+    pub step: u8,
+    /// Sessions that reached at least this step.
+    pub sessions: u64,
+    /// Sessions that reached step 1 that day (the conversion denominator).
+    pub step1_sessions: u64,
+}
+
+impl Serialize for FunnelRow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("FunnelRow", 5)?;
+        st.serialize_field("day", &self.day)?;
+        st.serialize_field("step", &self.step)?;
+        st.serialize_field("step_name", STEP_NAMES.get(usize::from(self.step).wrapping_sub(1)).copied().unwrap_or("?"))?;
+        st.serialize_field("sessions", &self.sessions)?;
+        struct Ratio(u64, u64);
+        impl Serialize for Ratio {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::ratio(self.0, self.1, s)
+            }
+        }
+        st.serialize_field("conversion", &Ratio(self.sessions, self.step1_sessions))?;
+        st.end()
+    }
+}
+
+/// Primary key of `session_funnel_daily`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DayStepKey {
+    /// The day.
+    pub day: UtcDay,
+    /// The step.
+    pub step: u8,
+}
+
+impl TableRow for FunnelRow {
+    type Key = DayStepKey;
+    fn key(&self) -> DayStepKey {
+        DayStepKey { day: self.day, step: self.step }
+    }
+}
+
+/// `dead_letters`: a record that could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    /// Source name and partition (`clickstream:events.csv`).
+    pub source: String,
+    /// Line or offset within the partition.
+    pub position: u64,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The raw record as text (invalid UTF-8 replaced by U+FFFD), at most 4 KiB of bytes.
+    pub raw: String,
+    /// Whether `raw` was truncated.
+    pub truncated: bool,
+}
+
+impl From<&DeadLetter> for DeadLetterRow {
+    fn from(d: &DeadLetter) -> DeadLetterRow {
+        DeadLetterRow {
+            source: d.source.clone(),
+            position: d.position,
+            reason: d.reason.clone(),
+            raw: String::from_utf8_lossy(&d.raw).into_owned(),
+            truncated: d.truncated,
+        }
+    }
+}
+
+/// Primary key of `dead_letters`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SourcePositionKey {
+    /// Source and partition.
+    pub source: String,
+    /// Position.
+    pub position: u64,
+}
+
+impl TableRow for DeadLetterRow {
+    type Key = SourcePositionKey;
+    fn key(&self) -> SourcePositionKey {
+        SourcePositionKey { source: self.source.clone(), position: self.position }
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every CAP test on a fresh or warm machine: installs what the tests need (idempotently,
+# reusing what is there), builds the workspace once in the shared dev profile, then runs
+# unit, oracle, end-to-end and doc tests. Used by .ci/run and by developers alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+
+# cargo-nextest runs test binaries in parallel; fall back to cargo test where it is missing
+# and cannot be installed.
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install cargo-nextest --locked || true
+fi
+
+log "building the workspace (dev profile, shared by tests and binaries)"
+cargo build --workspace --all-targets --locked
+
+if cargo nextest --version >/dev/null 2>&1; then
+    log "running tests with cargo-nextest"
+    cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+else
+    log "running tests with cargo test"
+    cargo test --workspace --locked --no-fail-fast
+fi
+
+log "running doc tests"
+cargo test --workspace --doc --locked
