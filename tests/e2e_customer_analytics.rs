@@ -6,17 +6,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use anyhow::{ensure, Context, Result};
-use cap_tests::{batch_daily_visitors, batch_funnel, fold_changelog, read_csv_batch, read_jsonl, run_job};
+use cap_tests::{
+    batch_daily_visitors, batch_funnel, fold_changelog, read_csv_batch, read_jsonl, run_job,
+};
 
 /// Malformed rows of several kinds, appended to the generated file.
 const BAD_ROWS: [&str; 7] = [
-    "2019-11-01 00:00:00 UTC,view,1,2,,,1.00,3",                                      // too few fields
-    "2019-13-01 00:00:00 UTC,view,1,2,,,1.00,3,s,,,,",                                // month 13
-    "1999-11-01 00:00:00 UTC,view,1,2,,,1.00,3,s,,,,",                                // year out of range
-    "2019-11-01 00:00:00 UTC,click,1,2,,,1.00,3,s,,,,",                               // unknown event type
-    "2019-11-01 00:00:00 UTC,view,abc,2,,,1.00,3,s,,,,",                              // non-numeric id
-    "2019-11-01 00:00:00 UTC,view,1,2,,,NaN,3,s,,,,",                                 // price not finite
-    "2019-11-01 00:00:00 UTC,purchase,1,2,,,1.00,-3,s,,,,",                           // negative user id
+    "2019-11-01 00:00:00 UTC,view,1,2,,,1.00,3", // too few fields
+    "2019-13-01 00:00:00 UTC,view,1,2,,,1.00,3,s,,,,", // month 13
+    "1999-11-01 00:00:00 UTC,view,1,2,,,1.00,3,s,,,,", // year out of range
+    "2019-11-01 00:00:00 UTC,click,1,2,,,1.00,3,s,,,,", // unknown event type
+    "2019-11-01 00:00:00 UTC,view,abc,2,,,1.00,3,s,,,,", // non-numeric id
+    "2019-11-01 00:00:00 UTC,view,1,2,,,NaN,3,s,,,,", // price not finite
+    "2019-11-01 00:00:00 UTC,purchase,1,2,,,1.00,-3,s,,,,", // negative user id
 ];
 
 fn generate(dir: &std::path::Path, events: u64) -> Result<std::path::PathBuf> {
@@ -44,16 +46,32 @@ fn generate(dir: &std::path::Path, events: u64) -> Result<std::path::PathBuf> {
 
 fn check_outputs(csv: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let (events, bad_lines) = read_csv_batch(csv)?;
-    ensure!(events.len() > 10_000, "too few events generated: {}", events.len());
-    ensure!(bad_lines.len() == BAD_ROWS.len(), "the batch reader rejects {} lines, expected {}", bad_lines.len(), BAD_ROWS.len());
-    ensure!(events.iter().any(|e| e.session.is_none()), "the data should contain events without a session");
+    ensure!(
+        events.len() > 10_000,
+        "too few events generated: {}",
+        events.len()
+    );
+    ensure!(
+        bad_lines.len() == BAD_ROWS.len(),
+        "the batch reader rejects {} lines, expected {}",
+        bad_lines.len(),
+        BAD_ROWS.len()
+    );
+    ensure!(
+        events.iter().any(|e| e.session.is_none()),
+        "the data should contain events without a session"
+    );
 
     // daily_visitors
     let expected = batch_daily_visitors(&events);
     let mut actual = BTreeMap::new();
     for row in read_jsonl(&out.join("daily_visitors.jsonl"))? {
         let day = row["day"].as_str().context("day")?.to_owned();
-        let v = (row["visitors"].as_u64().context("visitors")?, row["sessions"].as_u64().context("sessions")?, row["events"].as_u64().context("events")?);
+        let v = (
+            row["visitors"].as_u64().context("visitors")?,
+            row["sessions"].as_u64().context("sessions")?,
+            row["events"].as_u64().context("events")?,
+        );
         actual.insert(day, v);
     }
     ensure!(actual == expected, "daily_visitors differs from the batch computation:\nstream {actual:?}\nbatch  {expected:?}");
@@ -62,13 +80,23 @@ fn check_outputs(csv: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let expected = batch_funnel(&events);
     let mut actual = BTreeMap::new();
     for row in read_jsonl(&out.join("session_funnel_daily.jsonl"))? {
-        let key = (row["day"].as_str().context("day")?.to_owned(), row["step"].as_u64().context("step")?);
+        let key = (
+            row["day"].as_str().context("day")?.to_owned(),
+            row["step"].as_u64().context("step")?,
+        );
         let name = row["step_name"].as_str().context("step_name")?;
-        ensure!(name == ["view", "cart", "purchase"][key.1 as usize - 1], "bad step_name {name} for step {}", key.1);
+        ensure!(
+            name == ["view", "cart", "purchase"][key.1 as usize - 1],
+            "bad step_name {name} for step {}",
+            key.1
+        );
         let sessions = row["sessions"].as_u64().context("sessions")?;
         let step1 = expected.get(&(key.0.clone(), 1)).copied().unwrap_or(0);
         let conversion = row["conversion"].as_f64().context("conversion")?;
-        ensure!((conversion - sessions as f64 / step1 as f64).abs() < 1e-6, "conversion {conversion} for {key:?}");
+        ensure!(
+            (conversion - sessions as f64 / step1 as f64).abs() < 1e-6,
+            "conversion {conversion} for {key:?}"
+        );
         actual.insert(key, sessions);
     }
     ensure!(actual == expected, "session_funnel_daily differs from the batch computation:\nstream {actual:?}\nbatch  {expected:?}");
@@ -76,18 +104,38 @@ fn check_outputs(csv: &std::path::Path, out: &std::path::Path) -> Result<()> {
     // dead_letters: exactly the malformed lines, with a reason and the raw row.
     let dead = read_jsonl(&out.join("dead_letters.jsonl"))?;
     let positions: BTreeSet<u64> = dead.iter().filter_map(|d| d["position"].as_u64()).collect();
-    ensure!(positions == bad_lines, "dead letters at {positions:?}, expected {bad_lines:?}");
+    ensure!(
+        positions == bad_lines,
+        "dead letters at {positions:?}, expected {bad_lines:?}"
+    );
     for d in &dead {
-        ensure!(d["reason"].as_str().map(|r| !r.is_empty()).unwrap_or(false), "dead letter without a reason: {d}");
-        ensure!(BAD_ROWS.contains(&d["raw"].as_str().unwrap_or("")), "dead letter raw bytes not the row: {d}");
-        ensure!(d["source"].as_str().unwrap_or("").starts_with("clickstream:"), "dead letter source: {d}");
+        ensure!(
+            d["reason"].as_str().map(|r| !r.is_empty()).unwrap_or(false),
+            "dead letter without a reason: {d}"
+        );
+        ensure!(
+            BAD_ROWS.contains(&d["raw"].as_str().unwrap_or("")),
+            "dead letter raw bytes not the row: {d}"
+        );
+        ensure!(
+            d["source"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("clickstream:"),
+            "dead letter source: {d}"
+        );
     }
 
     // Each changelog folds to its snapshot.
     for table in ["daily_visitors", "session_funnel_daily", "dead_letters"] {
-        let folded: Vec<_> = fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?.into_values().collect();
+        let folded: Vec<_> = fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
+            .into_values()
+            .collect();
         let snapshot = read_jsonl(&out.join(format!("{table}.jsonl")))?;
-        ensure!(folded == snapshot, "{table}: the changelog does not fold to the snapshot");
+        ensure!(
+            folded == snapshot,
+            "{table}: the changelog does not fold to the snapshot"
+        );
     }
     Ok(())
 }
@@ -136,9 +184,14 @@ fn streaming_equals_batch_with_one_worker_and_one_epoch_per_record_batch() -> Re
 #[test]
 fn bad_configuration_fails_at_start_naming_the_key() -> Result<()> {
     let bin = cap_tests::job_binary()?;
-    let out = std::process::Command::new(bin).args(["run", "--set", "engine.workers=two", "--no-console"]).output()?;
+    let out = std::process::Command::new(bin)
+        .args(["run", "--set", "engine.workers=two", "--no-console"])
+        .output()?;
     ensure!(!out.status.success(), "a bad config must fail");
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(err.contains("engine.workers"), "error should name the key: {err}");
+    ensure!(
+        err.contains("engine.workers"),
+        "error should name the key: {err}"
+    );
     Ok(())
 }

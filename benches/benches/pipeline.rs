@@ -35,9 +35,18 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     for &workers in &args.workers {
-        let bench = PipelineBench { workers, events: args.events, epoch_records: args.epoch_records, rate: args.rate, set: args.set.clone() };
+        let bench = PipelineBench {
+            workers,
+            events: args.events,
+            epoch_records: args.epoch_records,
+            rate: args.rate,
+            set: args.set.clone(),
+        };
         let report = run_pipeline(customer_analytics::CustomerAnalytics, &bench)?;
-        println!("{}", format_report(&format!("customer-analytics w={workers}"), &report));
+        println!(
+            "{}",
+            format_report(&format!("customer-analytics w={workers}"), &report)
+        );
     }
     Ok(())
 }

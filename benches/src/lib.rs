@@ -36,10 +36,16 @@ pub fn run_pipeline<J: Job>(job: J, bench: &PipelineBench) -> anyhow::Result<Run
         layers.set("sources.clickstream.rate", &rate.to_string())?;
     }
     for kv in &bench.set {
-        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE: {kv}"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE: {kv}"))?;
         layers.set(k, v)?;
     }
-    Ok(run_job(Arc::new(job), layers, Arc::new(cap_connectors::Connectors))?)
+    Ok(run_job(
+        Arc::new(job),
+        layers,
+        Arc::new(cap_connectors::Connectors),
+    )?)
 }
 
 /// One line of results: events/s and latency percentiles in milliseconds.

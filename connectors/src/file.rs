@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cap_engine::dead_letter::DeadLetter;
-use cap_engine::source::{Polled, Position, Progress, Source, SourceError, SourcePartition, SourceRecord};
+use cap_engine::source::{
+    Polled, Position, Progress, Source, SourceError, SourcePartition, SourceRecord,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::clickstream::csv::CsvDecoder;
@@ -98,29 +100,55 @@ pub struct FileSource {
 impl FileSource {
     /// Resolves the files and formats of `config`; errors name the key and the path.
     pub fn new(name: &str, config: FileSourceConfig) -> Result<FileSource, SourceError> {
-        let cfg_err = |reason: String| SourceError::Config { source_name: name.to_owned(), reason };
+        let cfg_err = |reason: String| SourceError::Config {
+            source_name: name.to_owned(),
+            reason,
+        };
         if let Some(p) = config.pace {
             if !(p.is_finite() && p > 0.0) {
-                return Err(cfg_err(format!("sources.{name}.pace must be a positive number, found {p}")));
+                return Err(cfg_err(format!(
+                    "sources.{name}.pace must be a positive number, found {p}"
+                )));
             }
         }
         if config.min_year > config.max_year {
-            return Err(cfg_err(format!("sources.{name}.min_year ({}) is after max_year ({})", config.min_year, config.max_year)));
+            return Err(cfg_err(format!(
+                "sources.{name}.min_year ({}) is after max_year ({})",
+                config.min_year, config.max_year
+            )));
         }
-        let meta = std::fs::metadata(&config.path)
-            .map_err(|e| cfg_err(format!("sources.{name}.path {}: {e}", config.path.display())))?;
+        let meta = std::fs::metadata(&config.path).map_err(|e| {
+            cfg_err(format!(
+                "sources.{name}.path {}: {e}",
+                config.path.display()
+            ))
+        })?;
         let mut paths = Vec::new();
         if meta.is_dir() {
-            let entries = std::fs::read_dir(&config.path).map_err(|e| cfg_err(format!("sources.{name}.path {}: {e}", config.path.display())))?;
+            let entries = std::fs::read_dir(&config.path).map_err(|e| {
+                cfg_err(format!(
+                    "sources.{name}.path {}: {e}",
+                    config.path.display()
+                ))
+            })?;
             for entry in entries.flatten() {
                 let p = entry.path();
-                if p.is_file() && !p.file_name().and_then(|n| n.to_str()).unwrap_or(".").starts_with('.') {
+                if p.is_file()
+                    && !p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or(".")
+                        .starts_with('.')
+                {
                     paths.push(p);
                 }
             }
             paths.sort();
             if paths.is_empty() {
-                return Err(cfg_err(format!("sources.{name}.path {} is a directory with no files", config.path.display())));
+                return Err(cfg_err(format!(
+                    "sources.{name}.path {} is a directory with no files",
+                    config.path.display()
+                )));
             }
         } else {
             paths.push(config.path.clone());
@@ -138,7 +166,11 @@ impl FileSource {
             };
             files.push((p, format));
         }
-        Ok(FileSource { name: name.to_owned(), files, config })
+        Ok(FileSource {
+            name: name.to_owned(),
+            files,
+            config,
+        })
     }
 }
 
@@ -148,17 +180,37 @@ impl Source<Event> for FileSource {
     }
 
     fn partitions(&self) -> Vec<String> {
-        self.files.iter().map(|(p, _)| p.display().to_string()).collect()
+        self.files
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect()
     }
 
     fn open(&self, index: usize) -> Result<Box<dyn SourcePartition<Event>>, SourceError> {
-        let (path, format) = self.files.get(index).cloned().ok_or_else(|| SourceError::Config {
-            source_name: self.name.clone(),
-            reason: format!("no partition {index}"),
-        })?;
-        let options = DecodeOptions { min_year: self.config.min_year, max_year: self.config.max_year };
-        let show = self.config.progress.unwrap_or_else(|| std::io::stderr().is_terminal());
-        Ok(Box::new(FilePartition::open(&self.name, path, format, options, self.config.pace, show)?))
+        let (path, format) = self
+            .files
+            .get(index)
+            .cloned()
+            .ok_or_else(|| SourceError::Config {
+                source_name: self.name.clone(),
+                reason: format!("no partition {index}"),
+            })?;
+        let options = DecodeOptions {
+            min_year: self.config.min_year,
+            max_year: self.config.max_year,
+        };
+        let show = self
+            .config
+            .progress
+            .unwrap_or_else(|| std::io::stderr().is_terminal());
+        Ok(Box::new(FilePartition::open(
+            &self.name,
+            path,
+            format,
+            options,
+            self.config.pace,
+            show,
+        )?))
     }
 }
 
@@ -171,7 +223,8 @@ struct Counting<R> {
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -207,7 +260,14 @@ pub struct FilePartition {
 }
 
 impl FilePartition {
-    fn open(source: &str, path: PathBuf, format: Format, options: DecodeOptions, pace: Option<f64>, progress: bool) -> Result<FilePartition, SourceError> {
+    fn open(
+        source: &str,
+        path: PathBuf,
+        format: Format,
+        options: DecodeOptions,
+        pace: Option<f64>,
+        progress: bool,
+    ) -> Result<FilePartition, SourceError> {
         let label = path.display().to_string();
         let io = |what: &str, cause: std::io::Error| SourceError::Io {
             source_name: source.to_owned(),
@@ -218,19 +278,39 @@ impl FilePartition {
         let file = File::open(&path).map_err(|e| io("cannot open", e))?;
         let total_bytes = file.metadata().ok().map(|m| m.len());
         let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = Counting { inner: file, count: Arc::clone(&bytes_read) };
-        let gz = path.extension().and_then(|e| e.to_str()).map(|e| e.eq_ignore_ascii_case("gz")).unwrap_or(false);
+        let counted = Counting {
+            inner: file,
+            count: Arc::clone(&bytes_read),
+        };
+        let gz = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.eq_ignore_ascii_case("gz"))
+            .unwrap_or(false);
         let reader: Box<dyn BufRead + Send> = if gz {
-            Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counted))))
+            Box::new(BufReader::with_capacity(
+                1 << 20,
+                flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counted)),
+            ))
         } else {
             Box::new(BufReader::with_capacity(1 << 20, counted))
         };
         let bar = if progress {
-            let bar = indicatif::ProgressBar::with_draw_target(total_bytes, indicatif::ProgressDrawTarget::stderr());
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                total_bytes,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
                 bar.set_style(style.progress_chars("=> "));
             }
-            bar.set_message(path.file_name().and_then(|n| n.to_str()).unwrap_or("file").to_owned());
+            bar.set_message(
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("file")
+                    .to_owned(),
+            );
             Some(bar)
         } else {
             None
@@ -260,14 +340,22 @@ impl FilePartition {
     }
 
     fn io_error(&self, what: &str, cause: std::io::Error) -> SourceError {
-        SourceError::Io { source_name: self.dead_source.clone(), partition: self.label.clone(), what: what.to_owned(), cause }
+        SourceError::Io {
+            source_name: self.dead_source.clone(),
+            partition: self.label.clone(),
+            what: what.to_owned(),
+            cause,
+        }
     }
 
     /// Reads and decodes the next non-blank line; `None` at end of file.
     fn next_record(&mut self) -> Result<Option<SourceRecord<Event>>, SourceError> {
         loop {
             self.line.clear();
-            let n = self.reader.read_until(b'\n', &mut self.line).map_err(|e| self.io_error("read failed", e))?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.line)
+                .map_err(|e| self.io_error("read failed", e))?;
             if n == 0 {
                 return Ok(None);
             }
@@ -277,8 +365,13 @@ impl FilePartition {
             // to MAX_RECORD_LINES lines (an unterminated quote then yields one dead letter).
             if matches!(self.decoder, Decoder::Csv(Some(_))) && self.line.contains(&b'"') {
                 let mut extra = 0;
-                while crate::clickstream::csv::record_len(&self.line).is_none() && extra < MAX_RECORD_LINES {
-                    let more = self.reader.read_until(b'\n', &mut self.line).map_err(|e| self.io_error("read failed", e))?;
+                while crate::clickstream::csv::record_len(&self.line).is_none()
+                    && extra < MAX_RECORD_LINES
+                {
+                    let more = self
+                        .reader
+                        .read_until(b'\n', &mut self.line)
+                        .map_err(|e| self.io_error("read failed", e))?;
                     if more == 0 {
                         break;
                     }
@@ -299,25 +392,39 @@ impl FilePartition {
             }
             let item = match &mut self.decoder {
                 Decoder::Csv(dec @ None) => {
-                    let header = CsvDecoder::from_header(body, self.options.clone()).map_err(|e| SourceError::Config {
-                        source_name: self.dead_source.clone(),
-                        reason: format!("line {position}: bad CSV header: {e}"),
-                    })?;
+                    let header =
+                        CsvDecoder::from_header(body, self.options.clone()).map_err(|e| {
+                            SourceError::Config {
+                                source_name: self.dead_source.clone(),
+                                reason: format!("line {position}: bad CSV header: {e}"),
+                            }
+                        })?;
                     *dec = Some(header);
                     continue;
                 }
                 Decoder::Csv(Some(dec)) => dec.decode(body),
                 Decoder::Json(dec) => dec.decode(body),
             };
-            let item = item.map_err(|e| DeadLetter::new(self.dead_source.clone(), position, body, format!("line {position}: {e}")));
+            let item = item.map_err(|e| {
+                DeadLetter::new(
+                    self.dead_source.clone(),
+                    position,
+                    body,
+                    format!("line {position}: {e}"),
+                )
+            });
             return Ok(Some(SourceRecord { position, item }));
         }
     }
 
     /// Whether pacing holds `rec` back now.
     fn paced_out(&mut self, rec: &SourceRecord<Event>) -> bool {
-        let (Some(speed), Ok(ev)) = (self.pace, &rec.item) else { return false };
-        let (t0, w0) = *self.pacing_origin.get_or_insert((ev.event_time, Instant::now()));
+        let (Some(speed), Ok(ev)) = (self.pace, &rec.item) else {
+            return false;
+        };
+        let (t0, w0) = *self
+            .pacing_origin
+            .get_or_insert((ev.event_time, Instant::now()));
         let due_ms = (ev.event_time - t0) as f64 / speed;
         due_ms > w0.elapsed().as_secs_f64() * 1000.0
     }
@@ -329,10 +436,17 @@ impl SourcePartition<Event> for FilePartition {
     }
 
     fn position(&self) -> Position {
-        self.held.as_ref().map(|r| r.position).unwrap_or(self.next_line)
+        self.held
+            .as_ref()
+            .map(|r| r.position)
+            .unwrap_or(self.next_line)
     }
 
-    fn poll(&mut self, budget: usize, out: &mut Vec<SourceRecord<Event>>) -> Result<Polled, SourceError> {
+    fn poll(
+        &mut self,
+        budget: usize,
+        out: &mut Vec<SourceRecord<Event>>,
+    ) -> Result<Polled, SourceError> {
         if self.eof && self.held.is_none() {
             return Ok(Polled::Exhausted);
         }
@@ -373,7 +487,14 @@ impl SourcePartition<Event> for FilePartition {
     fn seek(&mut self, position: Position) -> Result<(), SourceError> {
         // Re-open and skip: line positions have no index; O(position).
         let source = self.dead_source.split(':').next().unwrap_or("").to_owned();
-        let mut fresh = FilePartition::open(&source, self.path.clone(), self.format, self.options.clone(), self.pace, false)?;
+        let mut fresh = FilePartition::open(
+            &source,
+            self.path.clone(),
+            self.format,
+            self.options.clone(),
+            self.pace,
+            false,
+        )?;
         while fresh.next_line <= position {
             match fresh.next_record()? {
                 Some(rec) if rec.position >= position => {
@@ -397,6 +518,9 @@ impl SourcePartition<Event> for FilePartition {
     }
 
     fn progress(&self) -> Option<Progress> {
-        Some(Progress { done: self.bytes_read.load(std::sync::atomic::Ordering::Relaxed), total: self.total_bytes })
+        Some(Progress {
+            done: self.bytes_read.load(std::sync::atomic::Ordering::Relaxed),
+            total: self.total_bytes,
+        })
     }
 }

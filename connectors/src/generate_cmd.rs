@@ -62,13 +62,20 @@ pub struct GenerateArgs {
 
 /// The `generate` subcommand definition.
 pub fn command() -> Command {
-    GenerateArgs::augment_args(Command::new("generate").about("Write a synthetic REES46 clickstream (CSV or JSON lines, optionally gzip)"))
+    GenerateArgs::augment_args(
+        Command::new("generate")
+            .about("Write a synthetic REES46 clickstream (CSV or JSON lines, optionally gzip)"),
+    )
 }
 
 /// The generator configuration the flags describe; errors name the flag or key.
 pub fn config_from_args(args: &GenerateArgs) -> Result<GeneratorConfig, String> {
     let mut layers = cap_engine::config::Layers::default();
-    let mut set = |k: &str, v: toml::Value| layers.set_value(&format!("generator.{k}"), v).map_err(|e| e.to_string());
+    let mut set = |k: &str, v: toml::Value| {
+        layers
+            .set_value(&format!("generator.{k}"), v)
+            .map_err(|e| e.to_string())
+    };
     set("events", toml::Value::Integer(args.events as i64))?;
     if let Some(v) = args.seed {
         set("seed", toml::Value::Integer(v as i64))?;
@@ -92,8 +99,12 @@ pub fn config_from_args(args: &GenerateArgs) -> Result<GeneratorConfig, String> 
         set("ddos_bursts", toml::Value::Integer(v as i64))?;
     }
     for kv in &args.set {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--set `{kv}`: expected KEY=VALUE"))?;
-        layers.set(&format!("generator.{}", k.trim()), v.trim()).map_err(|e| e.to_string())?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--set `{kv}`: expected KEY=VALUE"))?;
+        layers
+            .set(&format!("generator.{}", k.trim()), v.trim())
+            .map_err(|e| e.to_string())?;
     }
     let cfg: GeneratorConfig = layers.typed("generator").map_err(|e| e.to_string())?;
     cfg.validate()?;
@@ -111,10 +122,20 @@ pub fn run(matches: &ArgMatches) -> Result<(), String> {
         None => match crate::file::Format::from_path(&args.output) {
             Some(crate::file::Format::Json) => OutputFormat::Json,
             Some(crate::file::Format::Csv) => OutputFormat::Csv,
-            None => return Err(format!("cannot tell the format of {} from its name; pass --format csv|json", args.output.display())),
+            None => {
+                return Err(format!(
+                    "cannot tell the format of {} from its name; pass --format csv|json",
+                    args.output.display()
+                ))
+            }
         },
     };
-    let opts = WriteOptions { path: args.output.clone(), format, gzip: args.gzip, ground_truth: args.ground_truth.clone() };
+    let opts = WriteOptions {
+        path: args.output.clone(),
+        format,
+        gzip: args.gzip,
+        ground_truth: args.ground_truth.clone(),
+    };
     let progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = write_dataset(&cfg, &opts, progress).map_err(|e| e.to_string())?;
     eprintln!("{report:?}");

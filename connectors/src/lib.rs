@@ -42,26 +42,43 @@ use clickstream::Event;
 
 /// Opens a clickstream source from its `[sources.NAME]` table: `kind = "generator"` or
 /// `kind = "file"`. Errors name the key and the reason.
-pub fn open_clickstream(name: &str, table: &toml::Table) -> Result<Arc<dyn Source<Event>>, SourceError> {
+pub fn open_clickstream(
+    name: &str,
+    table: &toml::Table,
+) -> Result<Arc<dyn Source<Event>>, SourceError> {
     let prefix = format!("sources.{name}");
-    let cfg_err = |e: cap_engine::config::ConfigError| SourceError::Config { source_name: name.to_owned(), reason: e.to_string() };
+    let cfg_err = |e: cap_engine::config::ConfigError| SourceError::Config {
+        source_name: name.to_owned(),
+        reason: e.to_string(),
+    };
     let kind = table.get("kind").and_then(|v| v.as_str()).unwrap_or("");
     match kind {
         "generator" => {
             let mut t = table.clone();
             t.remove("kind");
             let cfg: generator::GeneratorConfig = typed_table(&prefix, t).map_err(cfg_err)?;
-            cfg.validate().map_err(|reason| SourceError::Config { source_name: name.to_owned(), reason: format!("{prefix}: {reason}") })?;
-            let source = generator::GeneratorSource::try_new(name, cfg).map_err(|e| SourceError::Config { source_name: name.to_owned(), reason: format!("{prefix}: {e}") })?;
+            cfg.validate().map_err(|reason| SourceError::Config {
+                source_name: name.to_owned(),
+                reason: format!("{prefix}: {reason}"),
+            })?;
+            let source = generator::GeneratorSource::try_new(name, cfg).map_err(|e| {
+                SourceError::Config {
+                    source_name: name.to_owned(),
+                    reason: format!("{prefix}: {e}"),
+                }
+            })?;
             Ok(Arc::new(source))
         }
         "file" => {
-            let cfg: file::FileSourceConfig = typed_table(&prefix, table.clone()).map_err(cfg_err)?;
+            let cfg: file::FileSourceConfig =
+                typed_table(&prefix, table.clone()).map_err(cfg_err)?;
             Ok(Arc::new(file::FileSource::new(name, cfg)?))
         }
         "kafka" => Err(SourceError::Config {
             source_name: name.to_owned(),
-            reason: format!("{prefix}.kind = \"kafka\": the Kafka connector is not in this build yet"),
+            reason: format!(
+                "{prefix}.kind = \"kafka\": the Kafka connector is not in this build yet"
+            ),
         }),
         other => Err(SourceError::Config {
             source_name: name.to_owned(),

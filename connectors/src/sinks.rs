@@ -22,7 +22,11 @@ use cap_engine::config::SinkConfig;
 use cap_engine::sink::{Change, SinkError, SinkFactory, TableWriter};
 
 fn io_err(table: &str, what: String, cause: std::io::Error) -> SinkError {
-    SinkError { table: table.to_owned(), what, cause: Some(cause) }
+    SinkError {
+        table: table.to_owned(),
+        what,
+        cause: Some(cause),
+    }
 }
 
 /// The JSON-lines file sink of one table.
@@ -38,10 +42,21 @@ pub struct JsonLinesSink {
 
 impl JsonLinesSink {
     /// Opens (truncating) the changelog of `table` under `dir`.
-    pub fn open(table: &str, dir: &Path, snapshot_interval_ms: u64) -> Result<JsonLinesSink, SinkError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(table, format!("cannot create directory {}", dir.display()), e))?;
+    pub fn open(
+        table: &str,
+        dir: &Path,
+        snapshot_interval_ms: u64,
+    ) -> Result<JsonLinesSink, SinkError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            io_err(
+                table,
+                format!("cannot create directory {}", dir.display()),
+                e,
+            )
+        })?;
         let path = dir.join(format!("{table}.changelog.jsonl"));
-        let file = File::create(&path).map_err(|e| io_err(table, format!("cannot create {}", path.display()), e))?;
+        let file = File::create(&path)
+            .map_err(|e| io_err(table, format!("cannot create {}", path.display()), e))?;
         let sink = JsonLinesSink {
             table: table.to_owned(),
             dir: dir.to_owned(),
@@ -66,7 +81,13 @@ impl JsonLinesSink {
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| io_err(&self.table, format!("cannot write snapshot {}", path.display()), e))?;
+        write().map_err(|e| {
+            io_err(
+                &self.table,
+                format!("cannot write snapshot {}", path.display()),
+                e,
+            )
+        })?;
         self.last_snapshot = Instant::now();
         self.dirty = false;
         Ok(())
@@ -78,7 +99,11 @@ impl TableWriter for JsonLinesSink {
         let table = self.table.clone();
         let result = (|| -> std::io::Result<()> {
             for c in changes {
-                write!(self.changelog, "{{\"epoch\":{epoch},\"key\":{},\"row\":", c.key)?;
+                write!(
+                    self.changelog,
+                    "{{\"epoch\":{epoch},\"key\":{},\"row\":",
+                    c.key
+                )?;
                 match &c.row {
                     Some(r) => {
                         self.changelog.write_all(r.as_bytes())?;
@@ -93,7 +118,13 @@ impl TableWriter for JsonLinesSink {
             }
             self.changelog.flush()
         })();
-        result.map_err(|e| io_err(&table, format!("cannot append epoch {epoch} to the changelog"), e))?;
+        result.map_err(|e| {
+            io_err(
+                &table,
+                format!("cannot append epoch {epoch} to the changelog"),
+                e,
+            )
+        })?;
         self.dirty = true;
         if self.last_snapshot.elapsed() >= self.snapshot_every {
             self.write_snapshot()?;
@@ -103,7 +134,9 @@ impl TableWriter for JsonLinesSink {
 
     fn close(&mut self) -> Result<(), SinkError> {
         let table = self.table.clone();
-        self.changelog.flush().map_err(|e| io_err(&table, "cannot flush the changelog".into(), e))?;
+        self.changelog
+            .flush()
+            .map_err(|e| io_err(&table, "cannot flush the changelog".into(), e))?;
         if self.dirty {
             self.write_snapshot()?;
         }
@@ -153,13 +186,37 @@ mod tests {
         let mut s = JsonLinesSink::open("t", dir.path(), 0)?;
         s.write_epoch(
             0,
-            &[Change { key: "{\"k\":1}".into(), row: Some("{\"k\":1,\"v\":1}".into()) }, Change { key: "{\"k\":2}".into(), row: Some("{\"k\":2,\"v\":5}".into()) }],
+            &[
+                Change {
+                    key: "{\"k\":1}".into(),
+                    row: Some("{\"k\":1,\"v\":1}".into()),
+                },
+                Change {
+                    key: "{\"k\":2}".into(),
+                    row: Some("{\"k\":2,\"v\":5}".into()),
+                },
+            ],
         )?;
-        s.write_epoch(1, &[Change { key: "{\"k\":1}".into(), row: None }, Change { key: "{\"k\":2}".into(), row: Some("{\"k\":2,\"v\":6}".into()) }])?;
+        s.write_epoch(
+            1,
+            &[
+                Change {
+                    key: "{\"k\":1}".into(),
+                    row: None,
+                },
+                Change {
+                    key: "{\"k\":2}".into(),
+                    row: Some("{\"k\":2,\"v\":6}".into()),
+                },
+            ],
+        )?;
         s.close()?;
         let log = std::fs::read_to_string(dir.path().join("t.changelog.jsonl"))?;
         assert_eq!(log.lines().count(), 4);
-        assert!(log.contains("{\"epoch\":1,\"key\":{\"k\":1},\"row\":null}"), "{log}");
+        assert!(
+            log.contains("{\"epoch\":1,\"key\":{\"k\":1},\"row\":null}"),
+            "{log}"
+        );
         let snap = std::fs::read_to_string(dir.path().join("t.jsonl"))?;
         assert_eq!(snap, "{\"k\":2,\"v\":6}\n");
         Ok(())
@@ -167,8 +224,15 @@ mod tests {
 
     #[test]
     fn unknown_sink_kind_is_a_clear_error() {
-        let cfg = SinkConfig { kind: "kafak".into(), ..SinkConfig::default() };
-        let err = FileAndNullSinks.open("t", &cfg).err().map(|e| e.to_string()).unwrap_or_default();
+        let cfg = SinkConfig {
+            kind: "kafak".into(),
+            ..SinkConfig::default()
+        };
+        let err = FileAndNullSinks
+            .open("t", &cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("kafak"), "{err}");
     }
 }

@@ -89,7 +89,11 @@ pub trait Connectors: SinkFactory + Extension {
 }
 
 /// Builds the layered configuration for `job` from flags and the environment.
-pub fn layered_config<J: Job>(job: &J, args: &RunArgs, env: impl IntoIterator<Item = (String, String)>) -> Result<Layers, ConfigError> {
+pub fn layered_config<J: Job>(
+    job: &J,
+    args: &RunArgs,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Layers, ConfigError> {
     let mut layers = Layers::from_defaults(job.default_config())?;
     if let Some(path) = &args.config {
         layers.merge_file(path)?;
@@ -108,23 +112,37 @@ pub fn layered_config<J: Job>(job: &J, args: &RunArgs, env: impl IntoIterator<It
     set_num("engine.epoch_records", args.epoch_records)?;
     set_num("engine.epoch_ms", args.epoch_ms)?;
     if let Some(h) = &args.hostfile {
-        layers.set_value("engine.hostfile", toml::Value::String(h.display().to_string()))?;
+        layers.set_value(
+            "engine.hostfile",
+            toml::Value::String(h.display().to_string()),
+        )?;
     }
     if let Some(out) = &args.output {
         layers.set_value("sinks.dir", toml::Value::String(out.display().to_string()))?;
-        layers.set_value("engine.state_dir", toml::Value::String(out.join("_state").display().to_string()))?;
+        layers.set_value(
+            "engine.state_dir",
+            toml::Value::String(out.join("_state").display().to_string()),
+        )?;
     }
     if let Some(kind) = &args.sink {
         layers.set_value("sinks.kind", toml::Value::String(kind.clone()))?;
     }
     if let Some(input) = &args.input {
-        let first = layers.source_names().into_iter().next().ok_or_else(|| ConfigError::Invalid {
-            key: "sources".into(),
-            reason: "--input given but the job declares no source".into(),
-        })?;
+        let first =
+            layers
+                .source_names()
+                .into_iter()
+                .next()
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "sources".into(),
+                    reason: "--input given but the job declares no source".into(),
+                })?;
         let mut table = toml::Table::new();
         table.insert("kind".into(), toml::Value::String("file".into()));
-        table.insert("path".into(), toml::Value::String(input.display().to_string()));
+        table.insert(
+            "path".into(),
+            toml::Value::String(input.display().to_string()),
+        );
         layers.set_value(&format!("sources.{first}"), toml::Value::Table(table))?;
         if let Some(p) = args.pace {
             layers.set_value(&format!("sources.{first}.pace"), toml::Value::Float(p))?;
@@ -151,8 +169,12 @@ pub fn layered_config<J: Job>(job: &J, args: &RunArgs, env: impl IntoIterator<It
 
 /// The whole CLI of a job binary: `fn main() -> ExitCode { cli::main(MyJob, connectors) }`.
 pub fn main<J: Job, C: Connectors + 'static>(job: J, connectors: Arc<C>) -> ExitCode {
-    let run_cmd = RunArgs::augment_args(Command::new("run").about("Run the job until its sources end or Ctrl-C"));
-    let config_cmd = RunArgs::augment_args(Command::new("config").about("Print the effective configuration and exit"));
+    let run_cmd = RunArgs::augment_args(
+        Command::new("run").about("Run the job until its sources end or Ctrl-C"),
+    );
+    let config_cmd = RunArgs::augment_args(
+        Command::new("config").about("Print the effective configuration and exit"),
+    );
     let mut cmd = Command::new(job.name())
         .about(job.about())
         .version(env!("CARGO_PKG_VERSION"))
@@ -164,7 +186,9 @@ pub fn main<J: Job, C: Connectors + 'static>(job: J, connectors: Arc<C>) -> Exit
         cmd = cmd.subcommand(c);
     }
     let matches = cmd.get_matches();
-    let Some((name, sub)) = matches.subcommand() else { return ExitCode::from(2) };
+    let Some((name, sub)) = matches.subcommand() else {
+        return ExitCode::from(2);
+    };
     match name {
         "run" | "config" => {
             let args = match RunArgs::from_arg_matches(sub) {

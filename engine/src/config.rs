@@ -114,7 +114,12 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, reason: &str| Err(ConfigError::Invalid { key: format!("engine.{key}"), reason: reason.into() });
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("engine.{key}"),
+                reason: reason.into(),
+            })
+        };
         if self.workers == 0 {
             return bad("workers", "must be at least 1");
         }
@@ -122,10 +127,19 @@ impl EngineConfig {
             return bad("processes", "must be at least 1");
         }
         if self.process >= self.processes {
-            return bad("process", &format!("is {} but must be below engine.processes ({})", self.process, self.processes));
+            return bad(
+                "process",
+                &format!(
+                    "is {} but must be below engine.processes ({})",
+                    self.process, self.processes
+                ),
+            );
         }
         if self.epoch_records == 0 && self.epoch_ms == 0 {
-            return bad("epoch_records", "and engine.epoch_ms are both 0: epochs would never close");
+            return bad(
+                "epoch_records",
+                "and engine.epoch_ms are both 0: epochs would never close",
+            );
         }
         if self.console_interval_ms == 0 {
             return bad("console_interval_ms", "must be at least 1");
@@ -147,7 +161,10 @@ pub struct SinksConfig {
 
 impl Default for SinksConfig {
     fn default() -> Self {
-        SinksConfig { default: SinkConfig::default(), tables: BTreeMap::new() }
+        SinksConfig {
+            default: SinkConfig::default(),
+            tables: BTreeMap::new(),
+        }
     }
 }
 
@@ -172,7 +189,11 @@ pub struct SinkConfig {
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig { kind: "file".into(), dir: PathBuf::from("out"), snapshot_interval_ms: 5000 }
+        SinkConfig {
+            kind: "file".into(),
+            dir: PathBuf::from("out"),
+            snapshot_interval_ms: 5000,
+        }
     }
 }
 
@@ -185,18 +206,28 @@ pub struct Layers {
 impl Layers {
     /// Starts from embedded defaults (a TOML document compiled into the job).
     pub fn from_defaults(defaults: &str) -> Result<Layers> {
-        let table: toml::Table = defaults.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: PathBuf::from("<embedded defaults>"),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            defaults
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: PathBuf::from("<embedded defaults>"),
+                    message: e.to_string(),
+                })?;
         Ok(Layers { table })
     }
 
     /// Merges a TOML file over the current layers.
     pub fn merge_file(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.into(),
+            cause,
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
         merge(&mut self.table, table);
         Ok(())
     }
@@ -204,11 +235,17 @@ impl Layers {
     /// Merges `CAP_*` variables from an environment (pass `std::env::vars()`).
     pub fn merge_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
         for (name, value) in vars {
-            let Some(rest) = name.strip_prefix("CAP_") else { continue };
+            let Some(rest) = name.strip_prefix("CAP_") else {
+                continue;
+            };
             if !rest.contains("__") {
                 continue; // e.g. CAP_TEST_HDFS_URL: not a config key
             }
-            let key = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+            let key = rest
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
             self.set(&key, &value)?;
         }
         Ok(())
@@ -225,11 +262,16 @@ impl Layers {
     pub fn set_value(&mut self, key: &str, value: toml::Value) -> Result<()> {
         let parts: Vec<&str> = key.split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
-            return Err(ConfigError::Invalid { key: key.into(), reason: "empty key segment".into() });
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: "empty key segment".into(),
+            });
         }
         let mut table = &mut self.table;
         for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-            let entry = table.entry((*part).to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table
+                .entry((*part).to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             table = match entry {
                 toml::Value::Table(t) => t,
                 _ => {
@@ -268,7 +310,8 @@ impl Layers {
 
     /// The whole merged tree, for printing.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(&self.table).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+        toml::to_string_pretty(&self.table)
+            .unwrap_or_else(|e| format!("# cannot print config: {e}"))
     }
 }
 
@@ -277,15 +320,24 @@ pub fn typed_table<T: DeserializeOwned>(prefix: &str, table: toml::Table) -> Res
     let de = toml::Value::Table(table);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let key = if path == "." || path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{path}") };
-        ConfigError::Invalid { key, reason: e.into_inner().to_string() }
+        let key = if path == "." || path.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{path}")
+        };
+        ConfigError::Invalid {
+            key,
+            reason: e.into_inner().to_string(),
+        }
     })
 }
 
 fn parse_literal(value: &str) -> toml::Value {
     let doc = format!("v = {value}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.to_owned())),
         Err(_) => toml::Value::String(value.to_owned()),
     }
 }
@@ -322,7 +374,10 @@ mod tests {
         layers.merge_file(&file)?;
         layers.merge_env(vec![
             ("CAP_ENGINE__WORKERS".to_owned(), "4".to_owned()),
-            ("CAP_SOURCES__CLICKSTREAM__PATH".to_owned(), "/data/x.csv".to_owned()),
+            (
+                "CAP_SOURCES__CLICKSTREAM__PATH".to_owned(),
+                "/data/x.csv".to_owned(),
+            ),
             ("CAP_TEST_HDFS_URL".to_owned(), "ignored".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
         ])?;
@@ -332,7 +387,10 @@ mod tests {
         assert_eq!(engine.epoch_ms, 50);
         assert_eq!(engine.epoch_records, 7);
         let src = layers.table_at("sources.clickstream");
-        assert_eq!(src.get("path").and_then(|v| v.as_str()), Some("/data/x.csv"));
+        assert_eq!(
+            src.get("path").and_then(|v| v.as_str()),
+            Some("/data/x.csv")
+        );
         assert_eq!(src.get("kind").and_then(|v| v.as_str()), Some("generator"));
         assert_eq!(layers.source_names(), vec!["clickstream".to_owned()]);
         Ok(())
@@ -342,14 +400,30 @@ mod tests {
     fn errors_name_the_key() -> anyhow::Result<()> {
         let mut layers = Layers::from_defaults(DEFAULTS)?;
         layers.set("engine.workers", "two")?;
-        let err = layers.typed::<EngineConfig>("engine").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = layers
+            .typed::<EngineConfig>("engine")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("engine.workers"), "{err}");
         let mut layers = Layers::from_defaults(DEFAULTS)?;
         layers.set("engine.wrokers", "2")?;
-        let err = layers.typed::<EngineConfig>("engine").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = layers
+            .typed::<EngineConfig>("engine")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("wrokers"), "{err}");
-        let engine = EngineConfig { process: 2, processes: 2, ..EngineConfig::default() };
-        let err = engine.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let engine = EngineConfig {
+            process: 2,
+            processes: 2,
+            ..EngineConfig::default()
+        };
+        let err = engine
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("engine.process"), "{err}");
         Ok(())
     }
@@ -360,7 +434,11 @@ mod tests {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[engine\nworkers = 1").expect("write");
         let mut layers = Layers::default();
-        let err = layers.merge_file(&file).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = layers
+            .merge_file(&file)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("bad.toml"), "{err}");
     }
 }

@@ -28,7 +28,12 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// A dead letter for `raw` at `position` of `source`, truncating the bytes as needed.
-    pub fn new(source: impl Into<String>, position: u64, raw: &[u8], reason: impl Into<String>) -> DeadLetter {
+    pub fn new(
+        source: impl Into<String>,
+        position: u64,
+        raw: &[u8],
+        reason: impl Into<String>,
+    ) -> DeadLetter {
         let truncated = raw.len() > MAX_RAW_BYTES;
         DeadLetter {
             source: source.into(),

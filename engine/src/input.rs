@@ -54,7 +54,15 @@ pub struct EpochClock {
 impl EpochClock {
     /// A clock at epoch 0.
     pub fn new(epoch_records: u64, epoch_ms: u64, stop: Arc<AtomicBool>) -> EpochClock {
-        EpochClock { current: 0, records: 0, opened: Instant::now(), epoch_records, epoch_ms, closed: VecDeque::new(), stop }
+        EpochClock {
+            current: 0,
+            records: 0,
+            opened: Instant::now(),
+            epoch_records,
+            epoch_ms,
+            closed: VecDeque::new(),
+            stop,
+        }
     }
 
     /// The open epoch.
@@ -71,7 +79,8 @@ impl EpochClock {
     /// Closes the open epoch when it is full or old enough.
     fn maybe_close(&mut self) {
         let full = self.epoch_records > 0 && self.records >= self.epoch_records;
-        let old = self.epoch_ms > 0 && self.opened.elapsed() >= Duration::from_millis(self.epoch_ms);
+        let old =
+            self.epoch_ms > 0 && self.opened.elapsed() >= Duration::from_millis(self.epoch_ms);
         if full || (old && self.records > 0) {
             self.close();
         } else if old {
@@ -125,12 +134,24 @@ pub struct EpochLog {
 impl EpochLog {
     /// A log under `state_dir` for global worker `worker`; `None` keeps nothing on disk.
     pub fn open(state_dir: Option<&Path>, worker: usize) -> std::io::Result<EpochLog> {
-        let Some(dir) = state_dir else { return Ok(EpochLog { path: None, file: None }) };
+        let Some(dir) = state_dir else {
+            return Ok(EpochLog {
+                path: None,
+                file: None,
+            });
+        };
         let dir = dir.join("epochs");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("worker-{worker}.jsonl"));
-        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
-        Ok(EpochLog { path: Some(path), file: Some(std::io::BufWriter::new(file)) })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
+        Ok(EpochLog {
+            path: Some(path),
+            file: Some(std::io::BufWriter::new(file)),
+        })
     }
 
     /// Appends one record and flushes it.
@@ -205,9 +226,14 @@ pub fn source_operator<'s, T: ExchangeData>(
     let activator = scope.activator_for(info.address);
     let (out_ok, stream_ok) = builder.new_output::<Vec<(T, u64, isize)>>();
     let (out_err, stream_err) = builder.new_output::<Vec<(DeadLetter, u64, isize)>>();
-    let mut out_ok: OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<(T, u64, isize)>>> = OutputBuilder::from(out_ok);
-    let mut out_err: OutputBuilder<u64, timely::container::CapacityContainerBuilder<Vec<(DeadLetter, u64, isize)>>> =
-        OutputBuilder::from(out_err);
+    let mut out_ok: OutputBuilder<
+        u64,
+        timely::container::CapacityContainerBuilder<Vec<(T, u64, isize)>>,
+    > = OutputBuilder::from(out_ok);
+    let mut out_err: OutputBuilder<
+        u64,
+        timely::container::CapacityContainerBuilder<Vec<(DeadLetter, u64, isize)>>,
+    > = OutputBuilder::from(out_err);
     let metrics = spec.metrics;
 
     builder.build(move |mut caps| {
@@ -324,5 +350,8 @@ pub fn source_operator<'s, T: ExchangeData>(
         }
     });
 
-    Ok(SourceStreams { records: stream_ok.as_collection(), dead_letters: stream_err.as_collection() })
+    Ok(SourceStreams {
+        records: stream_ok.as_collection(),
+        dead_letters: stream_err.as_collection(),
+    })
 }

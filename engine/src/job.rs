@@ -94,10 +94,19 @@ impl<'s> Dataflow<'s> {
         global_worker: usize,
     ) -> Result<Dataflow<'s>, BuildError> {
         let sinks: SinksConfig = layers.typed("sinks")?;
-        let clock = Rc::new(RefCell::new(EpochClock::new(engine.epoch_records, engine.epoch_ms, stop)));
-        let log = EpochLog::open(Some(&engine.state_dir), global_worker).map_err(|e| ConfigError::Invalid {
-            key: "engine.state_dir".into(),
-            reason: format!("cannot create the epoch log under {}: {e}", engine.state_dir.display()),
+        let clock = Rc::new(RefCell::new(EpochClock::new(
+            engine.epoch_records,
+            engine.epoch_ms,
+            stop,
+        )));
+        let log = EpochLog::open(Some(&engine.state_dir), global_worker).map_err(|e| {
+            ConfigError::Invalid {
+                key: "engine.state_dir".into(),
+                reason: format!(
+                    "cannot create the epoch log under {}: {e}",
+                    engine.state_dir.display()
+                ),
+            }
         })?;
         Ok(Dataflow {
             scope,
@@ -146,10 +155,18 @@ impl<'s> Dataflow<'s> {
     }
 
     /// Adds the source `name` (bound by `[sources.<name>]`), opened with `open`.
-    pub fn source<T: ExchangeData>(&mut self, name: &str, open: &SourceOpener<T>) -> Result<SourceStreams<'s, T>, BuildError> {
+    pub fn source<T: ExchangeData>(
+        &mut self,
+        name: &str,
+        open: &SourceOpener<T>,
+    ) -> Result<SourceStreams<'s, T>, BuildError> {
         let table = self.layers.table_at(&format!("sources.{name}"));
         if table.is_empty() {
-            return Err(ConfigError::Invalid { key: format!("sources.{name}"), reason: "is not configured".into() }.into());
+            return Err(ConfigError::Invalid {
+                key: format!("sources.{name}"),
+                reason: "is not configured".into(),
+            }
+            .into());
         }
         let source = open(name, &table)?;
         let spec = SourceSpec {
@@ -157,29 +174,59 @@ impl<'s> Dataflow<'s> {
             limit: self.engine.max_events,
             metrics: SourceMetrics::new(&self.registry, name, self.scope.index()),
         };
-        Ok(source_operator(self.scope, spec, Rc::clone(&self.clock), Rc::clone(&self.log))?)
+        Ok(source_operator(
+            self.scope,
+            spec,
+            Rc::clone(&self.clock),
+            Rc::clone(&self.log),
+        )?)
     }
 
     /// Writes `rows` as the output table `table`, bound by `[sinks]` / `[sinks.tables.<table>]`.
-    pub fn sink<R: TableRow + Hashable>(&mut self, table: &str, rows: VecCollection<'s, u64, R>) -> Result<(), BuildError> {
+    pub fn sink<R: TableRow + Hashable>(
+        &mut self,
+        table: &str,
+        rows: VecCollection<'s, u64, R>,
+    ) -> Result<(), BuildError> {
         if !self.declared.contains(&table) {
-            return Err(BuildError::Table(table.into(), "is not among the tables the job declares".into()));
+            return Err(BuildError::Table(
+                table.into(),
+                "is not among the tables the job declares".into(),
+            ));
         }
         if self.sunk.iter().any(|t| t == table) {
             return Err(BuildError::Table(table.into(), "is written twice".into()));
         }
         self.sunk.push(table.to_owned());
         let is_writer = writer_worker(table, self.scope.peers()) == self.scope.index();
-        let writer = if is_writer { Some(self.factory.open(table, self.sinks.for_table(table))?) } else { None };
-        let live = if is_writer { self.live.get(table).cloned() } else { None };
-        sink_table(rows, table, writer, live, SinkMetrics::new(&self.registry, table), &self.probe);
+        let writer = if is_writer {
+            Some(self.factory.open(table, self.sinks.for_table(table))?)
+        } else {
+            None
+        };
+        let live = if is_writer {
+            self.live.get(table).cloned()
+        } else {
+            None
+        };
+        sink_table(
+            rows,
+            table,
+            writer,
+            live,
+            SinkMetrics::new(&self.registry, table),
+            &self.probe,
+        );
         Ok(())
     }
 
     pub(crate) fn finish(&self) -> Result<(), BuildError> {
         for t in &self.declared {
             if !self.sunk.iter().any(|s| s == t) {
-                return Err(BuildError::Table((*t).into(), "is declared but never written".into()));
+                return Err(BuildError::Table(
+                    (*t).into(),
+                    "is declared but never written".into(),
+                ));
             }
         }
         Ok(())

@@ -41,7 +41,8 @@ pub struct LatencyHistogram(Arc<Mutex<Histogram<u64>>>);
 impl Default for LatencyHistogram {
     fn default() -> Self {
         // 1 µs .. 1 hour at 3 significant digits; the bounds are constants, so this cannot fail.
-        let h = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid");
+        let h = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("constant histogram bounds are valid");
         LatencyHistogram(Arc::new(Mutex::new(h)))
     }
 }
@@ -91,7 +92,10 @@ fn render_labels(labels: &Labels) -> String {
         if i > 0 {
             s.push(',');
         }
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         let _ = write!(s, "{k}=\"{v}\"");
     }
     s
@@ -100,7 +104,10 @@ fn render_labels(labels: &Labels) -> String {
 impl Registry {
     /// A registry whose series all carry `job="<job>"`.
     pub fn new(job: &str) -> Registry {
-        Registry { inner: Arc::default(), job: Arc::from(job) }
+        Registry {
+            inner: Arc::default(),
+            job: Arc::from(job),
+        }
     }
 
     fn with_job(&self, mut labels: Labels) -> Labels {
@@ -112,20 +119,40 @@ impl Registry {
     pub fn counter(&self, name: &'static str, help: &'static str, labels: Labels) -> Counter {
         let key = (name, render_labels(&self.with_job(labels)));
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.counters.entry(key).or_insert_with(|| (Counter::default(), help)).0.clone()
+        inner
+            .counters
+            .entry(key)
+            .or_insert_with(|| (Counter::default(), help))
+            .0
+            .clone()
     }
 
     /// The histogram `name{labels}`, created on first use.
-    pub fn histogram(&self, name: &'static str, help: &'static str, labels: Labels) -> LatencyHistogram {
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: Labels,
+    ) -> LatencyHistogram {
         let key = (name, render_labels(&self.with_job(labels)));
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.histograms.entry(key).or_insert_with(|| (LatencyHistogram::default(), help)).0.clone()
+        inner
+            .histograms
+            .entry(key)
+            .or_insert_with(|| (LatencyHistogram::default(), help))
+            .0
+            .clone()
     }
 
     /// Sum of all series of counter `name`.
     pub fn counter_total(&self, name: &str) -> u64 {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.counters.iter().filter(|((n, _), _)| *n == name).map(|(_, (c, _))| c.get()).sum()
+        inner
+            .counters
+            .iter()
+            .filter(|((n, _), _)| *n == name)
+            .map(|(_, (c, _))| c.get())
+            .sum()
     }
 
     /// Merge of all series of histogram `name`.
@@ -226,10 +253,23 @@ pub struct SourceMetrics {
 impl SourceMetrics {
     /// Registers the series for `source` on `worker`.
     pub fn new(registry: &Registry, source: &str, worker: usize) -> SourceMetrics {
-        let labels = || vec![("worker", worker.to_string()), ("source", source.to_owned())];
+        let labels = || {
+            vec![
+                ("worker", worker.to_string()),
+                ("source", source.to_owned()),
+            ]
+        };
         SourceMetrics {
-            records: registry.counter("cap_source_records_total", "Records decoded and fed into the dataflow.", labels()),
-            dead_letters: registry.counter("cap_dead_letters_total", "Records that could not be decoded (dead letters).", labels()),
+            records: registry.counter(
+                "cap_source_records_total",
+                "Records decoded and fed into the dataflow.",
+                labels(),
+            ),
+            dead_letters: registry.counter(
+                "cap_dead_letters_total",
+                "Records that could not be decoded (dead letters).",
+                labels(),
+            ),
         }
     }
 }
@@ -248,7 +288,11 @@ impl EpochMetrics {
     pub fn new(registry: &Registry, worker: usize) -> EpochMetrics {
         let labels = || vec![("worker", worker.to_string())];
         EpochMetrics {
-            completed: registry.counter("cap_epochs_completed_total", "Epochs whose outputs are complete.", labels()),
+            completed: registry.counter(
+                "cap_epochs_completed_total",
+                "Epochs whose outputs are complete.",
+                labels(),
+            ),
             latency: registry.histogram(
                 "cap_epoch_latency_seconds",
                 "Time from an epoch closing at the sources to all its outputs being complete.",
@@ -269,7 +313,11 @@ impl SinkMetrics {
     /// Registers the series for `table`.
     pub fn new(registry: &Registry, table: &str) -> SinkMetrics {
         SinkMetrics {
-            changes: registry.counter("cap_sink_changes_total", "Keyed changes written to sinks.", vec![("table", table.to_owned())]),
+            changes: registry.counter(
+                "cap_sink_changes_total",
+                "Keyed changes written to sinks.",
+                vec![("table", table.to_owned())],
+            ),
         }
     }
 }
@@ -287,8 +335,16 @@ mod tests {
         let e = EpochMetrics::new(&r, 0);
         e.latency.record(Duration::from_millis(3));
         let text = r.render();
-        assert!(text.contains("cap_source_records_total{job=\"demo\",worker=\"0\",source=\"clickstream\"} 5"), "{text}");
-        assert!(text.contains("# TYPE cap_epoch_latency_seconds summary"), "{text}");
+        assert!(
+            text.contains(
+                "cap_source_records_total{job=\"demo\",worker=\"0\",source=\"clickstream\"} 5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE cap_epoch_latency_seconds summary"),
+            "{text}"
+        );
         assert_eq!(r.counter_total("cap_source_records_total"), 7);
         let addr = r.serve("127.0.0.1:0")?;
         let mut s = std::net::TcpStream::connect(addr)?;

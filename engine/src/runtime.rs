@@ -82,7 +82,11 @@ pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 fn timely_config(engine: &EngineConfig) -> Result<timely::Config, RunError> {
@@ -93,36 +97,63 @@ fn timely_config(engine: &EngineConfig) -> Result<timely::Config, RunError> {
                     key: "engine.hostfile".into(),
                     reason: format!("cannot read {}: {e}", path.display()),
                 })?;
-                let addrs: Vec<String> =
-                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+                let addrs: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect();
                 if addrs.len() < engine.processes {
                     return Err(ConfigError::Invalid {
                         key: "engine.hostfile".into(),
-                        reason: format!("{} lists {} addresses but engine.processes is {}", path.display(), addrs.len(), engine.processes),
+                        reason: format!(
+                            "{} lists {} addresses but engine.processes is {}",
+                            path.display(),
+                            addrs.len(),
+                            engine.processes
+                        ),
                     }
                     .into());
                 }
                 addrs.into_iter().take(engine.processes).collect()
             }
-            None => (0..engine.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
+            None => (0..engine.processes)
+                .map(|i| format!("localhost:{}", 2101 + i))
+                .collect(),
         };
-        timely::CommunicationConfig::Cluster { threads: engine.workers, process: engine.process, addresses, report: false, zerocopy: false }
+        timely::CommunicationConfig::Cluster {
+            threads: engine.workers,
+            process: engine.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        }
     } else if engine.workers > 1 {
         timely::CommunicationConfig::Process(engine.workers)
     } else {
         timely::CommunicationConfig::Thread
     };
-    Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+    Ok(timely::Config {
+        communication,
+        worker: timely::WorkerConfig::default(),
+    })
 }
 
 /// Runs `job` with the merged configuration `layers` until its sources end or a stop signal.
-pub fn run_job<J: Job>(job: Arc<J>, layers: Layers, factory: Arc<dyn SinkFactory>) -> Result<RunReport, RunError> {
+pub fn run_job<J: Job>(
+    job: Arc<J>,
+    layers: Layers,
+    factory: Arc<dyn SinkFactory>,
+) -> Result<RunReport, RunError> {
     let engine: EngineConfig = layers.typed("engine")?;
     engine.validate()?;
     init_logging(&engine.log_level);
     let registry = Registry::new(job.name());
     if let Some(addr) = &engine.metrics_addr {
-        let bound = registry.serve(addr).map_err(|cause| RunError::Metrics { addr: addr.clone(), cause })?;
+        let bound = registry.serve(addr).map_err(|cause| RunError::Metrics {
+            addr: addr.clone(),
+            cause,
+        })?;
         tracing::info!(%bound, "serving metrics at /metrics");
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -141,14 +172,25 @@ pub fn run_job<J: Job>(job: Arc<J>, layers: Layers, factory: Arc<dyn SinkFactory
             .collect(),
     );
     let config = timely_config(&engine)?;
-    tracing::info!(job = job.name(), workers = engine.workers, processes = engine.processes, process = engine.process, "starting");
+    tracing::info!(
+        job = job.name(),
+        workers = engine.workers,
+        processes = engine.processes,
+        process = engine.process,
+        "starting"
+    );
 
     let started = Instant::now();
     let finished = Arc::new(AtomicBool::new(false));
     let console = if engine.console {
-        let (registry, live, finished) = (registry.clone(), Arc::clone(&live), Arc::clone(&finished));
+        let (registry, live, finished) =
+            (registry.clone(), Arc::clone(&live), Arc::clone(&finished));
         let interval = Duration::from_millis(engine.console_interval_ms);
-        Some(std::thread::Builder::new().name("cap-console".into()).spawn(move || console_loop(&registry, &live, &finished, interval, started)))
+        Some(
+            std::thread::Builder::new()
+                .name("cap-console".into())
+                .spawn(move || console_loop(&registry, &live, &finished, interval, started)),
+        )
     } else {
         None
     };
@@ -182,7 +224,13 @@ pub fn run_job<J: Job>(job: Arc<J>, layers: Layers, factory: Arc<dyn SinkFactory
             Err(e) => {
                 let message = e.to_string();
                 tracing::error!(worker = index, error = %message, "cannot build the dataflow");
-                worker_errors.lock().unwrap_or_else(|p| p.into_inner()).push(RunError::Worker { worker: index, message });
+                worker_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(RunError::Worker {
+                        worker: index,
+                        message,
+                    });
                 // Tell the other workers to stop; this worker's dataflow has no sources.
                 w_stop.store(true, Ordering::Relaxed);
                 std::process::exit(2);
@@ -213,10 +261,18 @@ pub fn run_job<J: Job>(job: Arc<J>, layers: Layers, factory: Arc<dyn SinkFactory
     }
     for (i, r) in results.into_iter().enumerate() {
         if let Err(message) = r {
-            errors.lock().unwrap_or_else(|p| p.into_inner()).push(RunError::Worker { worker: i, message });
+            errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(RunError::Worker { worker: i, message });
         }
     }
-    if let Some(e) = errors.lock().unwrap_or_else(|p| p.into_inner()).drain(..).next() {
+    if let Some(e) = errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .next()
+    {
         return Err(e);
     }
     let report = RunReport {
@@ -224,9 +280,12 @@ pub fn run_job<J: Job>(job: Arc<J>, layers: Layers, factory: Arc<dyn SinkFactory
         dead_letters: registry.counter_total("cap_dead_letters_total"),
         epochs: registry.counter_total("cap_epochs_completed_total"),
         elapsed,
-        latency: registry.histogram_merged("cap_epoch_latency_seconds").unwrap_or_else(|| {
-            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
-        }),
+        latency: registry
+            .histogram_merged("cap_epoch_latency_seconds")
+            .unwrap_or_else(|| {
+                Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("constant histogram bounds are valid")
+            }),
         stopped: stop.load(Ordering::Relaxed),
     };
     tracing::info!(
@@ -235,8 +294,14 @@ pub fn run_job<J: Job>(job: Arc<J>, layers: Layers, factory: Arc<dyn SinkFactory
         epochs = report.epochs,
         seconds = format!("{:.2}", elapsed.as_secs_f64()),
         rate = format!("{:.0}/s", report.rate()),
-        p50_ms = format!("{:.2}", report.latency.value_at_quantile(0.5) as f64 / 1000.0),
-        p99_ms = format!("{:.2}", report.latency.value_at_quantile(0.99) as f64 / 1000.0),
+        p50_ms = format!(
+            "{:.2}",
+            report.latency.value_at_quantile(0.5) as f64 / 1000.0
+        ),
+        p99_ms = format!(
+            "{:.2}",
+            report.latency.value_at_quantile(0.99) as f64 / 1000.0
+        ),
         stopped = report.stopped,
         "finished"
     );
@@ -253,7 +318,13 @@ fn human(n: f64) -> String {
     }
 }
 
-fn console_loop(registry: &Registry, live: &BTreeMap<String, LiveView>, finished: &AtomicBool, interval: Duration, started: Instant) {
+fn console_loop(
+    registry: &Registry,
+    live: &BTreeMap<String, LiveView>,
+    finished: &AtomicBool,
+    interval: Duration,
+    started: Instant,
+) {
     let mut last = (Instant::now(), 0u64);
     while !finished.load(Ordering::Relaxed) {
         let deadline = Instant::now() + interval;
@@ -271,7 +342,12 @@ fn console_loop(registry: &Registry, live: &BTreeMap<String, LiveView>, finished
         last = (now, records);
         let (p50, p99) = registry
             .histogram_merged("cap_epoch_latency_seconds")
-            .map(|h| (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0))
+            .map(|h| {
+                (
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                )
+            })
             .unwrap_or((0.0, 0.0));
         let mut text = format!(
             "[{:>7.1}s] events {} ({}/s)  dead letters {}  epochs {}  epoch latency p50 {:.1} ms p99 {:.1} ms\n",

@@ -76,7 +76,11 @@ pub trait TableWriter {
 /// Opens table writers from configuration. Implemented by the connectors crate.
 pub trait SinkFactory: Send + Sync {
     /// Opens the writer for `table` bound to `config`.
-    fn open(&self, table: &str, config: &crate::config::SinkConfig) -> Result<Box<dyn TableWriter>, SinkError>;
+    fn open(
+        &self,
+        table: &str,
+        config: &crate::config::SinkConfig,
+    ) -> Result<Box<dyn TableWriter>, SinkError>;
 }
 
 /// The current rows of a table, kept for the live console (small tables only).
@@ -188,14 +192,22 @@ pub fn sink_table<'s, R>(
 }
 
 /// Groups consolidated updates by key into changes sorted by key.
-fn to_changes<R: TableRow>(table: &str, mut updates: Vec<(R, isize)>, serialize: bool) -> Vec<Change> {
+fn to_changes<R: TableRow>(
+    table: &str,
+    mut updates: Vec<(R, isize)>,
+    serialize: bool,
+) -> Vec<Change> {
     differential_dataflow::consolidation::consolidate(&mut updates);
     let mut by_key: BTreeMap<R::Key, (Option<R>, bool)> = BTreeMap::new();
     for (row, diff) in updates {
         let entry = by_key.entry(row.key()).or_insert((None, false));
         if diff > 0 {
             if diff != 1 || entry.0.is_some() {
-                tracing::error!(table, diff, "more than one row per key: the job broke the table's key invariant");
+                tracing::error!(
+                    table,
+                    diff,
+                    "more than one row per key: the job broke the table's key invariant"
+                );
             }
             entry.0 = Some(row);
         } else {
@@ -204,12 +216,23 @@ fn to_changes<R: TableRow>(table: &str, mut updates: Vec<(R, isize)>, serialize:
     }
     let mut out = Vec::with_capacity(by_key.len());
     for (key, (row, _retracted)) in by_key {
-        let key_json = if serialize { serde_json::to_string(&key).unwrap_or_default() } else { String::new() };
+        let key_json = if serialize {
+            serde_json::to_string(&key).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let row_json = match row {
-            Some(r) => Some(if serialize { serde_json::to_string(&r).unwrap_or_default() } else { String::new() }),
+            Some(r) => Some(if serialize {
+                serde_json::to_string(&r).unwrap_or_default()
+            } else {
+                String::new()
+            }),
             None => None,
         };
-        out.push(Change { key: key_json, row: row_json });
+        out.push(Change {
+            key: key_json,
+            row: row_json,
+        });
     }
     out
 }

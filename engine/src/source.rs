@@ -100,7 +100,11 @@ pub trait SourcePartition<T>: Send {
     fn position(&self) -> Position;
 
     /// Appends at most `budget` records to `out`.
-    fn poll(&mut self, budget: usize, out: &mut Vec<SourceRecord<T>>) -> Result<Polled, SourceError>;
+    fn poll(
+        &mut self,
+        budget: usize,
+        out: &mut Vec<SourceRecord<T>>,
+    ) -> Result<Polled, SourceError>;
 
     /// Repositions the partition so that the next record read is the one at `position`.
     fn seek(&mut self, position: Position) -> Result<(), SourceError> {

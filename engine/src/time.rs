@@ -87,7 +87,12 @@ pub fn format_day(day: Day) -> String {
 pub fn format_rees46(ms: i64) -> String {
     let (y, mo, d) = civil_from_days(day_of(ms));
     let rem = ms.rem_euclid(MS_PER_DAY);
-    let (h, mi, s, frac) = (rem / MS_PER_HOUR, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let (h, mi, s, frac) = (
+        rem / MS_PER_HOUR,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
     if frac == 0 {
         format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
     } else {
@@ -99,7 +104,12 @@ pub fn format_rees46(ms: i64) -> String {
 pub fn format_rfc3339(ms: i64) -> String {
     let (y, mo, d) = civil_from_days(day_of(ms));
     let rem = ms.rem_euclid(MS_PER_DAY);
-    let (h, mi, s, frac) = (rem / MS_PER_HOUR, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let (h, mi, s, frac) = (
+        rem / MS_PER_HOUR,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
     if frac == 0 {
         format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
     } else {
@@ -107,21 +117,49 @@ pub fn format_rfc3339(ms: i64) -> String {
     }
 }
 
-/// A UTC day that serializes as `YYYY-MM-DD` (for output rows) and orders chronologically.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
-#[serde(from = "i32")]
+/// A UTC day: `YYYY-MM-DD` in human-readable formats (JSON output), the day number in
+/// binary formats (bincode, between workers). Orders chronologically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UtcDay(pub Day);
-
-impl From<i32> for UtcDay {
-    fn from(d: i32) -> UtcDay {
-        UtcDay(d)
-    }
-}
 
 impl serde::Serialize for UtcDay {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_day(self.0))
+        if s.is_human_readable() {
+            s.serialize_str(&format_day(self.0))
+        } else {
+            s.serialize_i32(self.0)
+        }
     }
+}
+
+impl<'de> serde::Deserialize<'de> for UtcDay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UtcDay, D::Error> {
+        if d.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            parse_day(&text).map(UtcDay).ok_or_else(|| {
+                serde::de::Error::custom(format!("`{text}` is not a YYYY-MM-DD date"))
+            })
+        } else {
+            i32::deserialize(d).map(UtcDay)
+        }
+    }
+}
+
+/// Parses `YYYY-MM-DD`.
+pub fn parse_day(text: &str) -> Option<Day> {
+    let b = text.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        std::str::from_utf8(&b[r]).ok()?.parse().ok()
+    };
+    let (y, m, d) = (num(0..4)? as i32, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || d == 0 {
+        return None;
+    }
+    let day = days_from_civil(y, m, d);
+    (civil_from_days(day) == (y, m, d)).then_some(day)
 }
 
 impl std::fmt::Display for UtcDay {
@@ -146,7 +184,10 @@ mod tests {
     fn known_dates() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(format_day(days_from_civil(2019, 11, 1)), "2019-11-01");
-        assert_eq!(days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28), 2);
+        assert_eq!(
+            days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28),
+            2
+        );
         // 2019-11-01 was a Friday.
         assert_eq!(weekday_of(days_from_civil(2019, 11, 1)), 4);
         assert_eq!(weekday_of(days_from_civil(2019, 11, 4)), 0);
@@ -156,5 +197,18 @@ mod tests {
         assert_eq!(hour_of(ms), ms_from_civil(2019, 11, 1, 13, 0, 0, 0));
         assert_eq!(day_of(-1), -1);
         assert_eq!(year_of(ms), 2019);
+        assert_eq!(parse_day("2019-11-01"), Some(days_from_civil(2019, 11, 1)));
+        assert_eq!(parse_day("2019-02-30"), None);
+    }
+
+    #[test]
+    fn utc_day_is_text_in_json_and_a_number_on_the_wire() -> anyhow::Result<()> {
+        let d = UtcDay(days_from_civil(2019, 11, 1));
+        assert_eq!(serde_json::to_string(&d)?, "\"2019-11-01\"");
+        assert_eq!(serde_json::from_str::<UtcDay>("\"2019-11-01\"")?, d);
+        let wire = bincode::serialize(&d)?;
+        assert_eq!(wire.len(), 4);
+        assert_eq!(bincode::deserialize::<UtcDay>(&wire)?, d);
+        Ok(())
     }
 }

@@ -14,13 +14,19 @@ use timely::progress::Timestamp;
 use differential_dataflow::lattice::Lattice;
 
 /// Per key, the number of distinct values present (see the module docs).
-pub fn distinct_count<'s, T, K, V>(pairs: VecCollection<'s, T, (K, V), isize>) -> VecCollection<'s, T, (K, u64), isize>
+pub fn distinct_count<'s, T, K, V>(
+    pairs: VecCollection<'s, T, (K, V), isize>,
+) -> VecCollection<'s, T, (K, u64), isize>
 where
     T: Timestamp + Lattice,
     K: ExchangeData + std::hash::Hash,
     V: ExchangeData + std::hash::Hash,
 {
-    pairs.distinct().map(|(k, _v)| k).count().map(|(k, n)| (k, n as u64))
+    pairs
+        .distinct()
+        .map(|(k, _v)| k)
+        .count()
+        .map(|(k, n)| (k, n as u64))
 }
 
 #[cfg(test)]
@@ -36,20 +42,26 @@ mod tests {
                 sets.entry(*k).or_default().insert(*v);
             }
         }
-        sets.into_iter().map(|(k, s)| ((k, s.len() as u64), 1)).collect()
+        sets.into_iter()
+            .map(|(k, s)| ((k, s.len() as u64), 1))
+            .collect()
     }
 
     #[test]
     fn matches_oracle_with_retractions_on_1_and_3_workers() {
         for seed in 0..6u64 {
             let mut rng = Rng::new(seed);
-            let updates = random_updates(&mut rng, 600, 8, |r| (r.below(6) as u8, r.below(12) as u8));
+            let updates =
+                random_updates(&mut rng, 600, 8, |r| (r.below(6) as u8, r.below(12) as u8));
             for workers in [1, 3] {
                 let out = run_on_workers(workers, updates.clone(), |c| distinct_count(c));
                 for epoch in 0..=8u64 {
                     let expected = oracle(&accumulate_at(&updates, epoch));
                     let actual = accumulate_at(&out, epoch);
-                    assert_eq!(actual, expected, "seed {seed} workers {workers} epoch {epoch}");
+                    assert_eq!(
+                        actual, expected,
+                        "seed {seed} workers {workers} epoch {epoch}"
+                    );
                 }
             }
         }

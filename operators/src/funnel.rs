@@ -67,11 +67,17 @@ pub fn evaluate_sorted(events: &[(u8, i64)], steps: u8) -> Option<FunnelProgress
             None => break,
         }
     }
-    Some(FunnelProgress { first_time, reached })
+    Some(FunnelProgress {
+        first_time,
+        reached,
+    })
 }
 
 /// Per unit, the ordered funnel progress over `steps` steps (see the module docs).
-pub fn ordered_funnel<'s, T, K>(events: VecCollection<'s, T, (K, (u8, i64)), isize>, steps: u8) -> VecCollection<'s, T, (K, FunnelProgress), isize>
+pub fn ordered_funnel<'s, T, K>(
+    events: VecCollection<'s, T, (K, (u8, i64)), isize>,
+    steps: u8,
+) -> VecCollection<'s, T, (K, FunnelProgress), isize>
 where
     T: Timestamp + Lattice,
     K: ExchangeData + std::hash::Hash,
@@ -112,7 +118,10 @@ mod tests {
     use crate::testing::{accumulate_at, random_updates, run_on_workers, Rng};
     use std::collections::BTreeMap;
 
-    fn oracle_progress(input: &BTreeMap<(u16, (u8, i64)), isize>, steps: u8) -> BTreeMap<(u16, FunnelProgress), isize> {
+    fn oracle_progress(
+        input: &BTreeMap<(u16, (u8, i64)), isize>,
+        steps: u8,
+    ) -> BTreeMap<(u16, FunnelProgress), isize> {
         // Plain sequential: per unit, every ordered choice checked by brute force.
         let mut units: BTreeMap<u16, Vec<(u8, i64)>> = BTreeMap::new();
         for ((u, e), d) in input {
@@ -132,7 +141,16 @@ mod tests {
                     break;
                 }
             }
-            out.insert((u, FunnelProgress { first_time, reached }), 1);
+            out.insert(
+                (
+                    u,
+                    FunnelProgress {
+                        first_time,
+                        reached,
+                    },
+                ),
+                1,
+            );
         }
         out
     }
@@ -142,7 +160,8 @@ mod tests {
             if step == k {
                 return true;
             }
-            evs.iter().any(|(s, t)| *s == step && *t >= prev && go(evs, step + 1, k, *t))
+            evs.iter()
+                .any(|(s, t)| *s == step && *t >= prev && go(evs, step + 1, k, *t))
         }
         go(evs, 0, k, i64::MIN)
     }
@@ -165,7 +184,11 @@ mod tests {
                 let out = run_on_workers(workers, updates.clone(), |c| ordered_funnel(c, 3));
                 for epoch in 0..6u64 {
                     let expected = oracle_progress(&accumulate_at(&updates, epoch), 3);
-                    assert_eq!(accumulate_at(&out, epoch), expected, "seed {seed} workers {workers} epoch {epoch}");
+                    assert_eq!(
+                        accumulate_at(&out, epoch),
+                        expected,
+                        "seed {seed} workers {workers} epoch {epoch}"
+                    );
                 }
             }
         }
@@ -180,7 +203,9 @@ mod tests {
             let mut rng = Rng::new(seed);
             let updates = random_updates(&mut rng, 500, 6, gen_event);
             for workers in [1, 3] {
-                let out = run_on_workers(workers, updates.clone(), |c| funnel_step_counts(ordered_funnel(c, 3), bucket));
+                let out = run_on_workers(workers, updates.clone(), |c| {
+                    funnel_step_counts(ordered_funnel(c, 3), bucket)
+                });
                 for epoch in 0..6u64 {
                     let mut expected: BTreeMap<((i64, u8), u64), isize> = BTreeMap::new();
                     let mut counts: BTreeMap<(i64, u8), u64> = BTreeMap::new();
@@ -192,7 +217,11 @@ mod tests {
                     for (k, n) in counts {
                         expected.insert((k, n), 1);
                     }
-                    assert_eq!(accumulate_at(&out, epoch), expected, "seed {seed} workers {workers} epoch {epoch}");
+                    assert_eq!(
+                        accumulate_at(&out, epoch),
+                        expected,
+                        "seed {seed} workers {workers} epoch {epoch}"
+                    );
                 }
             }
         }
@@ -201,12 +230,24 @@ mod tests {
     #[test]
     fn equal_times_count_as_ordered() {
         let evs = [(0u8, 5i64), (1, 5), (2, 5)];
-        assert_eq!(evaluate_sorted(&evs, 3), Some(FunnelProgress { first_time: 5, reached: 3 }));
+        assert_eq!(
+            evaluate_sorted(&evs, 3),
+            Some(FunnelProgress {
+                first_time: 5,
+                reached: 3
+            })
+        );
         // cart before the only view does not count
         let evs = [(0u8, 5i64), (1, 4), (2, 9)];
         assert_eq!(evaluate_sorted(&evs, 3).map(|p| p.reached), Some(1));
         // a NO_STEP event sets first_time
         let evs = [(0u8, 5i64), (NO_STEP, 1)];
-        assert_eq!(evaluate_sorted(&evs, 3), Some(FunnelProgress { first_time: 1, reached: 1 }));
+        assert_eq!(
+            evaluate_sorted(&evs, 3),
+            Some(FunnelProgress {
+                first_time: 1,
+                reached: 1
+            })
+        );
     }
 }

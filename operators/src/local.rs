@@ -24,7 +24,10 @@ use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
 /// Consolidates updates per time on each worker before exchange (see the module docs).
-pub fn pre_aggregate<'s, T, D, R>(collection: VecCollection<'s, T, D, R>, name: &str) -> VecCollection<'s, T, D, R>
+pub fn pre_aggregate<'s, T, D, R>(
+    collection: VecCollection<'s, T, D, R>,
+    name: &str,
+) -> VecCollection<'s, T, D, R>
 where
     T: Timestamp + TotalOrder + Hash,
     D: Clone + Eq + Hash + 'static,
@@ -43,9 +46,13 @@ where
                             let entry = match pending.get_mut(&t) {
                                 Some(e) => e,
                                 None => {
-                                    let Some(c) = cap.retain_least(0) else { continue };
+                                    let Some(c) = cap.retain_least(0) else {
+                                        continue;
+                                    };
                                     let c = c.delayed(&t);
-                                    pending.entry(t.clone()).or_insert_with(|| (c, HashMap::new()))
+                                    pending
+                                        .entry(t.clone())
+                                        .or_insert_with(|| (c, HashMap::new()))
                                 }
                             };
                             match entry.1.get_mut(&d) {
@@ -84,13 +91,18 @@ mod tests {
     fn preserves_the_collection_on_1_and_3_workers() {
         for seed in 0..4u64 {
             let mut rng = Rng::new(seed);
-            let updates = random_updates(&mut rng, 800, 5, |r| (r.below(4) as u8, r.below(9) as u8));
+            let updates =
+                random_updates(&mut rng, 800, 5, |r| (r.below(4) as u8, r.below(9) as u8));
             for workers in [1, 3] {
                 let out = run_on_workers(workers, updates.clone(), |c| pre_aggregate(c, "test"));
                 // Fewer (or equal) updates, same collection at every epoch.
                 assert!(out.len() <= updates.len());
                 for epoch in 0..5u64 {
-                    assert_eq!(accumulate_at(&out, epoch), accumulate_at(&updates, epoch), "seed {seed} workers {workers}");
+                    assert_eq!(
+                        accumulate_at(&out, epoch),
+                        accumulate_at(&updates, epoch),
+                        "seed {seed} workers {workers}"
+                    );
                 }
             }
         }

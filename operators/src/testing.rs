@@ -34,7 +34,12 @@ impl Rng {
 /// `n` random updates over `epochs` epochs: insertions, duplicate insertions, and
 /// retractions of records inserted at an earlier or the same epoch (so every record's
 /// accumulated multiplicity stays non-negative, as in a real collection).
-pub fn random_updates<D: Clone + Ord>(rng: &mut Rng, n: usize, epochs: u64, mut gen: impl FnMut(&mut Rng) -> D) -> Vec<(D, u64, isize)> {
+pub fn random_updates<D: Clone + Ord>(
+    rng: &mut Rng,
+    n: usize,
+    epochs: u64,
+    mut gen: impl FnMut(&mut Rng) -> D,
+) -> Vec<(D, u64, isize)> {
     let mut live: Vec<(D, u64)> = Vec::new();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -61,7 +66,11 @@ pub fn random_updates<D: Clone + Ord>(rng: &mut Rng, n: usize, epochs: u64, mut 
 
 /// Runs `build` over `updates` on `workers` threads (update `i` is fed by worker
 /// `i % workers`, at its epoch) and returns every output update.
-pub fn run_on_workers<D, O, F>(workers: usize, updates: Vec<(D, u64, isize)>, build: F) -> Vec<(O, u64, isize)>
+pub fn run_on_workers<D, O, F>(
+    workers: usize,
+    updates: Vec<(D, u64, isize)>,
+    build: F,
+) -> Vec<(O, u64, isize)>
 where
     D: ExchangeData + Sync,
     O: ExchangeData,
@@ -76,7 +85,11 @@ where
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, coll) = scope.new_collection::<D, isize>();
             let out = build(coll);
-            let out = out.inspect(move |x: &(O, u64, isize)| sink.lock().unwrap_or_else(|p| p.into_inner()).push(x.clone()));
+            let out = out.inspect(move |x: &(O, u64, isize)| {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(x.clone())
+            });
             let (probe, _) = out.probe();
             (input, probe)
         });
@@ -108,7 +121,10 @@ where
 
 /// The accumulated collection at `epoch`: records with nonzero total multiplicity over all
 /// updates at times `<= epoch`.
-pub fn accumulate_at<D: Ord + Clone>(updates: &[(D, u64, isize)], epoch: u64) -> BTreeMap<D, isize> {
+pub fn accumulate_at<D: Ord + Clone>(
+    updates: &[(D, u64, isize)],
+    epoch: u64,
+) -> BTreeMap<D, isize> {
     let mut acc: BTreeMap<D, isize> = BTreeMap::new();
     for (d, t, r) in updates {
         if *t <= epoch {

@@ -14,26 +14,41 @@ use anyhow::{bail, Context, Result};
 use chrono::{Datelike, NaiveDateTime};
 use serde_json::Value;
 
-/// The `customer-analytics` binary of this build (built on first use if missing).
+/// The `customer-analytics` binary of this build, rebuilt first (a no-op when it is up to
+/// date) so a test never runs a stale binary.
 pub fn job_binary() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             // target/<profile>/deps/<test-exe> -> target/<profile>/customer-analytics
-            let profile_dir = exe.parent().and_then(Path::parent).ok_or("cannot locate the target directory")?.to_owned();
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("cannot locate the target directory")?
+                .to_owned();
             let bin = profile_dir.join("customer-analytics");
-            if !bin.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let mut cmd = Command::new(cargo);
-                cmd.args(["build", "-p", "customer-analytics", "--bin", "customer-analytics"]);
-                if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-                    cmd.arg("--release");
-                }
-                let status = cmd.status().map_err(|e| format!("cannot run cargo build: {e}"))?;
-                if !status.success() || !bin.exists() {
-                    return Err(format!("cargo build of customer-analytics failed; expected {}", bin.display()));
-                }
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "customer-analytics",
+                "--bin",
+                "customer-analytics",
+            ]);
+            if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if !status.success() || !bin.exists() {
+                return Err(format!(
+                    "cargo build of customer-analytics failed; expected {}",
+                    bin.display()
+                ));
             }
             Ok(bin)
         })
@@ -44,17 +59,34 @@ pub fn job_binary() -> Result<PathBuf> {
 /// Runs the job binary with `args`, failing with its stderr when it exits non-zero.
 pub fn run_job(args: &[&str]) -> Result<std::process::Output> {
     let bin = job_binary()?;
-    let out = Command::new(&bin).args(args).env_remove("RUST_LOG").output().with_context(|| format!("running {}", bin.display()))?;
+    let out = Command::new(&bin)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("{} {:?} failed with {}:\n{}", bin.display(), args, out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} {:?} failed with {}:\n{}",
+            bin.display(),
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(out)
 }
 
 /// Reads a JSON-lines file into values.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).with_context(|| format!("bad JSON line in {}: {l}", path.display()))).collect()
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .with_context(|| format!("bad JSON line in {}: {l}", path.display()))
+        })
+        .collect()
 }
 
 /// Folds a `<table>.changelog.jsonl` into the current rows by key, checking that epochs
@@ -63,7 +95,9 @@ pub fn fold_changelog(path: &Path) -> Result<BTreeMap<String, Value>> {
     let mut current = BTreeMap::new();
     let mut last_epoch = 0u64;
     for line in read_jsonl(path)? {
-        let epoch = line["epoch"].as_u64().context("changelog line without epoch")?;
+        let epoch = line["epoch"]
+            .as_u64()
+            .context("changelog line without epoch")?;
         if epoch < last_epoch {
             bail!("{}: epoch {epoch} after {last_epoch}", path.display());
         }
@@ -124,9 +158,20 @@ pub fn read_csv_batch(path: &Path) -> Result<(Vec<BatchEvent>, BTreeSet<u64>)> {
     let mut lines = text.lines().enumerate();
     let (_, header) = lines.next().context("empty CSV")?;
     let cols: Vec<String> = split_csv(header);
-    let idx = |name: &str| cols.iter().position(|c| c == name).with_context(|| format!("no column {name}"));
-    let (i_time, i_type, i_product, i_category, i_price, i_user, i_session) =
-        (idx("event_time")?, idx("event_type")?, idx("product_id")?, idx("category_id")?, idx("price")?, idx("user_id")?, idx("user_session")?);
+    let idx = |name: &str| {
+        cols.iter()
+            .position(|c| c == name)
+            .with_context(|| format!("no column {name}"))
+    };
+    let (i_time, i_type, i_product, i_category, i_price, i_user, i_session) = (
+        idx("event_time")?,
+        idx("event_type")?,
+        idx("product_id")?,
+        idx("category_id")?,
+        idx("price")?,
+        idx("user_id")?,
+        idx("user_session")?,
+    );
     let mut events = Vec::new();
     let mut bad = BTreeSet::new();
     for (i, line) in lines {
@@ -139,7 +184,11 @@ pub fn read_csv_batch(path: &Path) -> Result<(Vec<BatchEvent>, BTreeSet<u64>)> {
             if f.len() != cols.len() {
                 return None;
             }
-            let t = NaiveDateTime::parse_from_str(f[i_time].trim_end_matches(" UTC"), "%Y-%m-%d %H:%M:%S").ok()?;
+            let t = NaiveDateTime::parse_from_str(
+                f[i_time].trim_end_matches(" UTC"),
+                "%Y-%m-%d %H:%M:%S",
+            )
+            .ok()?;
             if !(2000..=2099).contains(&t.year()) {
                 return None;
             }
@@ -169,7 +218,9 @@ pub fn read_csv_batch(path: &Path) -> Result<(Vec<BatchEvent>, BTreeSet<u64>)> {
 }
 
 fn day_text(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
 }
 
 /// `daily_visitors` as a batch query: day -> (visitors, sessions, events).
@@ -207,14 +258,22 @@ pub fn batch_funnel(events: &[BatchEvent]) -> BTreeMap<(String, u64), u64> {
     for evs in by_session.values() {
         let first = evs.iter().map(|e| e.time_ms).min().unwrap_or(0);
         // Largest k with view <= cart <= purchase times, by exhaustive search over pairs.
-        let times = |t: &str| -> Vec<i64> { evs.iter().filter(|e| e.event_type == t).map(|e| e.time_ms).collect() };
+        let times = |t: &str| -> Vec<i64> {
+            evs.iter()
+                .filter(|e| e.event_type == t)
+                .map(|e| e.time_ms)
+                .collect()
+        };
         let (views, carts, buys) = (times("view"), times("cart"), times("purchase"));
         let mut reached = 0;
         if !views.is_empty() {
             reached = 1;
             if carts.iter().any(|c| views.iter().any(|v| v <= c)) {
                 reached = 2;
-                if buys.iter().any(|p| carts.iter().any(|c| c <= p && views.iter().any(|v| v <= c))) {
+                if buys
+                    .iter()
+                    .any(|p| carts.iter().any(|c| c <= p && views.iter().any(|v| v <= c)))
+                {
                     reached = 3;
                 }
             }

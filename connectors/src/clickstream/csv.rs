@@ -190,25 +190,40 @@ impl CsvDecoder {
         let header = header.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(header);
         let header = strip_eol(header);
         let mut names = Vec::new();
-        split_fields(header, |_, name| names.push(String::from_utf8_lossy(name.trim_ascii()).into_owned()))
-            .map_err(|e| DecodeError::new(format!("CSV header: column {}: {}", e.column + 1, e.kind)))?;
+        split_fields(header, |_, name| {
+            names.push(String::from_utf8_lossy(name.trim_ascii()).into_owned())
+        })
+        .map_err(|e| {
+            DecodeError::new(format!("CSV header: column {}: {}", e.column + 1, e.kind))
+        })?;
         let mut columns = Vec::with_capacity(names.len());
         for name in &names {
             let field = Field::from_name(name.as_bytes());
             if let Some(f) = field {
                 if columns.contains(&Some(f)) {
-                    return Err(DecodeError::new(format!("CSV header: column `{}` appears twice", f.name())));
+                    return Err(DecodeError::new(format!(
+                        "CSV header: column `{}` appears twice",
+                        f.name()
+                    )));
                 }
             }
             columns.push(field);
         }
-        if let Some(missing) = REQUIRED_COLUMNS.iter().find(|r| !names.iter().any(|n| n == *r)) {
+        if let Some(missing) = REQUIRED_COLUMNS
+            .iter()
+            .find(|r| !names.iter().any(|n| n == *r))
+        {
             return Err(DecodeError::new(format!(
                 "CSV header: missing required column `{missing}` (the header must name all of {})",
                 REQUIRED_COLUMNS.join(",")
             )));
         }
-        Ok(CsvDecoder { bounds: YearBounds::new(&options), options, columns, names })
+        Ok(CsvDecoder {
+            bounds: YearBounds::new(&options),
+            options,
+            columns,
+            names,
+        })
     }
 
     /// The options this decoder enforces.
@@ -225,7 +240,10 @@ impl CsvDecoder {
     pub fn decode(&self, line: &[u8]) -> Result<Event, DecodeError> {
         let line = strip_eol(line);
         if line.is_empty() {
-            return Err(DecodeError::new(format!("empty line (expected {} fields)", self.columns.len())));
+            return Err(DecodeError::new(format!(
+                "empty line (expected {} fields)",
+                self.columns.len()
+            )));
         }
         // Fields not named by the header (absent extensions) stay empty, i.e. null.
         let mut fields: [&[u8]; Field::COUNT] = [b""; Field::COUNT];
@@ -259,26 +277,34 @@ impl CsvDecoder {
         if found == self.columns.len() {
             Ok(())
         } else {
-            Err(DecodeError::new(format!("expected {} fields, found {found}", self.columns.len())))
+            Err(DecodeError::new(format!(
+                "expected {} fields, found {found}",
+                self.columns.len()
+            )))
         }
     }
 
     fn build(&self, f: &[&[u8]; Field::COUNT]) -> Result<Event, DecodeError> {
         let time = required(Field::EventTime, f[Field::EventTime as usize])?;
-        let event_time = parse_event_time(time).ok_or_else(|| Field::EventTime.error(time_reason(time)))?;
+        let event_time =
+            parse_event_time(time).ok_or_else(|| Field::EventTime.error(time_reason(time)))?;
         let event_time = self.bounds.check(event_time)?;
         let kind = required(Field::EventType, f[Field::EventType as usize])?;
-        let event_type = EventType::parse(kind).ok_or_else(|| Field::EventType.error(event_type_reason(kind)))?;
+        let event_type = EventType::parse(kind)
+            .ok_or_else(|| Field::EventType.error(event_type_reason(kind)))?;
         let product_id = id(Field::ProductId, f[Field::ProductId as usize])?;
         let category_id = id(Field::CategoryId, f[Field::CategoryId as usize])?;
-        let category_code = text(Field::CategoryCode, f[Field::CategoryCode as usize])?.map(CompactString::from);
+        let category_code =
+            text(Field::CategoryCode, f[Field::CategoryCode as usize])?.map(CompactString::from);
         let brand = text(Field::Brand, f[Field::Brand as usize])?.map(CompactString::from);
         let price = required(Field::Price, f[Field::Price as usize])?;
-        let price_cents = parse_price_cents(price).map_err(|_| Field::Price.error(price_reason(price)))?;
+        let price_cents =
+            parse_price_cents(price).map_err(|_| Field::Price.error(price_reason(price)))?;
         let user_id = id(Field::UserId, f[Field::UserId as usize])?;
         let user_session = text(Field::UserSession, f[Field::UserSession as usize])?.map(session);
         let ip = text(Field::Ip, f[Field::Ip as usize])?.map(CompactString::from);
-        let user_agent = text(Field::UserAgent, f[Field::UserAgent as usize])?.map(CompactString::from);
+        let user_agent =
+            text(Field::UserAgent, f[Field::UserAgent as usize])?.map(CompactString::from);
         let channel = match f[Field::Channel as usize] {
             b"" => None,
             c => Some(Channel::parse(c).ok_or_else(|| Field::Channel.error(channel_reason(c)))?),
@@ -424,7 +450,9 @@ fn find_comma_or_quote(line: &[u8], from: usize) -> usize {
     }
     let mut i = from;
     while let Some(chunk) = line.get(i..i + 8) {
-        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else { break };
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
         let word = u64::from_le_bytes(bytes);
         let hits = zero_bytes(word ^ COMMAS) | zero_bytes(word ^ QUOTES);
         if hits != 0 {
@@ -433,12 +461,18 @@ fn find_comma_or_quote(line: &[u8], from: usize) -> usize {
         i += 8;
     }
     let tail = line.get(i..).unwrap_or_default();
-    i + tail.iter().position(|&b| b == b',' || b == b'"').unwrap_or(tail.len())
+    i + tail
+        .iter()
+        .position(|&b| b == b',' || b == b'"')
+        .unwrap_or(tail.len())
 }
 
 /// The general RFC 4180 splitter: splits one record (without its line terminator) into
 /// fields, calling `emit(column, value)` for each, and returns the number of fields.
-fn split_fields<'a>(line: &'a [u8], mut emit: impl FnMut(usize, Cow<'a, [u8]>)) -> Result<usize, SplitError> {
+fn split_fields<'a>(
+    line: &'a [u8],
+    mut emit: impl FnMut(usize, Cow<'a, [u8]>),
+) -> Result<usize, SplitError> {
     let mut pos = 0;
     let mut column = 0;
     loop {
@@ -448,13 +482,21 @@ fn split_fields<'a>(line: &'a [u8], mut emit: impl FnMut(usize, Cow<'a, [u8]>)) 
             let mut owned: Option<Vec<u8>> = None;
             let mut seg = 0; // start of the current unescaped segment within `quoted`
             let close = loop {
-                let Some(k) = quoted.get(seg..).and_then(|s| s.iter().position(|&b| b == b'"')) else {
-                    return Err(SplitError { column, kind: SplitErrorKind::Unterminated });
+                let Some(k) = quoted
+                    .get(seg..)
+                    .and_then(|s| s.iter().position(|&b| b == b'"'))
+                else {
+                    return Err(SplitError {
+                        column,
+                        kind: SplitErrorKind::Unterminated,
+                    });
                 };
                 let q = seg + k;
                 if quoted.get(q + 1) == Some(&b'"') {
                     // `""`: keep one quote.
-                    owned.get_or_insert_with(Vec::new).extend_from_slice(&quoted[seg..=q]);
+                    owned
+                        .get_or_insert_with(Vec::new)
+                        .extend_from_slice(&quoted[seg..=q]);
                     seg = q + 2;
                 } else {
                     break q;
@@ -472,7 +514,12 @@ fn split_fields<'a>(line: &'a [u8], mut emit: impl FnMut(usize, Cow<'a, [u8]>)) 
             match quoted.get(close + 1) {
                 None => return Ok(column),
                 Some(b',') => pos += close + 3, // opening quote, content, closing quote, comma
-                Some(_) => return Err(SplitError { column: column - 1, kind: SplitErrorKind::TextAfterQuote }),
+                Some(_) => {
+                    return Err(SplitError {
+                        column: column - 1,
+                        kind: SplitErrorKind::TextAfterQuote,
+                    })
+                }
             }
         } else {
             match rest.iter().position(|&b| b == b',' || b == b'"') {
@@ -481,7 +528,10 @@ fn split_fields<'a>(line: &'a [u8], mut emit: impl FnMut(usize, Cow<'a, [u8]>)) 
                     return Ok(column + 1);
                 }
                 Some(k) if rest[k] == b'"' => {
-                    return Err(SplitError { column, kind: SplitErrorKind::StrayQuote });
+                    return Err(SplitError {
+                        column,
+                        kind: SplitErrorKind::StrayQuote,
+                    });
                 }
                 Some(k) => {
                     emit(column, Cow::Borrowed(&rest[..k]));
@@ -516,7 +566,11 @@ fn text(field: Field, value: &[u8]) -> Result<Option<&str>, DecodeError> {
     }
     match std::str::from_utf8(value) {
         Ok(s) => Ok(Some(s)),
-        Err(e) => Err(field.error(format!("invalid UTF-8 at byte {} of {}", e.valid_up_to(), show(value)))),
+        Err(e) => Err(field.error(format!(
+            "invalid UTF-8 at byte {} of {}",
+            e.valid_up_to(),
+            show(value)
+        ))),
     }
 }
 
@@ -534,7 +588,9 @@ pub(super) fn parse_unsigned(b: &[u8]) -> Result<u64, String> {
         return Ok(b.iter().fold(0u64, |v, &c| v * 10 + u64::from(c - b'0')));
     }
     b.iter()
-        .try_fold(0u64, |v, &c| v.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+        .try_fold(0u64, |v, &c| {
+            v.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        })
         .ok_or_else(|| format!("{} is out of range for an unsigned 64-bit integer", show(b)))
 }
 
@@ -592,13 +648,19 @@ fn uuid_lower(b: &[u8]) -> Option<u128> {
 /// Why an event-time text was rejected.
 #[cold]
 pub(super) fn time_reason(b: &[u8]) -> String {
-    format!("{} is not a timestamp (expected `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339)", show(b))
+    format!(
+        "{} is not a timestamp (expected `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339)",
+        show(b)
+    )
 }
 
 /// Why an event-type text was rejected.
 #[cold]
 pub(super) fn event_type_reason(b: &[u8]) -> String {
-    format!("unknown event type {} (expected view, cart, remove_from_cart or purchase)", show(b))
+    format!(
+        "unknown event type {} (expected view, cart, remove_from_cart or purchase)",
+        show(b)
+    )
 }
 
 /// Why a channel text was rejected.
@@ -693,9 +755,24 @@ pub(crate) mod tests {
         let t = ms_from_civil(2019, 11, 1, 0, 0, 0, 0);
         vec![
             base(t),
-            Event { category_code: None, brand: None, user_session: None, ..base(t + 1000) },
-            Event { event_type: EventType::Purchase, price_cents: 0, ..base(t + 1) },
-            Event { event_type: EventType::Cart, price_cents: -5, user_id: u64::MAX, product_id: 0, ..base(t) },
+            Event {
+                category_code: None,
+                brand: None,
+                user_session: None,
+                ..base(t + 1000)
+            },
+            Event {
+                event_type: EventType::Purchase,
+                price_cents: 0,
+                ..base(t + 1)
+            },
+            Event {
+                event_type: EventType::Cart,
+                price_cents: -5,
+                user_id: u64::MAX,
+                product_id: 0,
+                ..base(t)
+            },
             Event {
                 event_type: EventType::RemoveFromCart,
                 user_session: Some(SessionId::parse("not-a-uuid, \"really\"")),
@@ -716,9 +793,21 @@ pub(crate) mod tests {
                 country: cs("DE"),
                 ..base(t + 7)
             },
-            Event { ip: cs("2001:db8::1"), channel: Some(Channel::App), ..base(t) },
-            Event { user_agent: cs("multi\nline\r\nagent"), channel: Some(Channel::Social), ..base(t) },
-            Event { country: cs("\"\""), user_agent: cs(" padded "), ..base(t) },
+            Event {
+                ip: cs("2001:db8::1"),
+                channel: Some(Channel::App),
+                ..base(t)
+            },
+            Event {
+                user_agent: cs("multi\nline\r\nagent"),
+                channel: Some(Channel::Social),
+                ..base(t)
+            },
+            Event {
+                country: cs("\"\""),
+                user_agent: cs(" padded "),
+                ..base(t)
+            },
         ]
     }
 
@@ -739,7 +828,9 @@ pub(crate) mod tests {
         let session = if rng.below(20) == 0 {
             None
         } else {
-            Some(SessionId::Uuid(u128::from(rng.next()) << 64 | u128::from(rng.next())))
+            Some(SessionId::Uuid(
+                u128::from(rng.next()) << 64 | u128::from(rng.next()),
+            ))
         };
         let ext = extended && rng.below(2) == 0;
         Event {
@@ -753,14 +844,25 @@ pub(crate) mod tests {
             ]),
             product_id: 1_000_000 + rng.below(60_000_000),
             category_id: 2_053_013_552_000_000_000 + rng.below(10_000_000_000),
-            category_code: Some(code).filter(|c| !c.is_empty()).map(CompactString::from),
-            brand: Some(brand).filter(|c| !c.is_empty()).map(CompactString::from),
+            category_code: Some(code)
+                .filter(|c| !c.is_empty())
+                .map(CompactString::from),
+            brand: Some(brand)
+                .filter(|c| !c.is_empty())
+                .map(CompactString::from),
             price_cents: rng.below(250_000) as i64,
             user_id: 500_000_000 + rng.below(100_000_000),
             user_session: session,
-            ip: ext
-                .then(|| CompactString::from(format!("10.{}.{}.{}", rng.below(256), rng.below(256), rng.below(256)))),
-            user_agent: ext.then(|| CompactString::from("Mozilla/5.0 (Linux; Android 10; SM-G975F)")),
+            ip: ext.then(|| {
+                CompactString::from(format!(
+                    "10.{}.{}.{}",
+                    rng.below(256),
+                    rng.below(256),
+                    rng.below(256)
+                ))
+            }),
+            user_agent: ext
+                .then(|| CompactString::from("Mozilla/5.0 (Linux; Android 10; SM-G975F)")),
             channel: ext.then(|| *rng.pick(&[Channel::Web, Channel::App, Channel::Social])),
             country: ext.then(|| CompactString::from("PL")),
         }
@@ -833,15 +935,24 @@ pub(crate) mod tests {
         assert_eq!(e2.brand, cs("creed"));
         assert_eq!(e2.price_cents, 2831);
         assert_eq!(e2.user_id, 561587266);
-        assert_eq!(e2.user_session.map(|s| s.to_string()).as_deref(), Some("755422e7-9040-477b-9bd2-6a6e8fd97387"));
-        assert_eq!((e2.ip, e2.user_agent, e2.channel, e2.country), (None, None, None, None));
+        assert_eq!(
+            e2.user_session.map(|s| s.to_string()).as_deref(),
+            Some("755422e7-9040-477b-9bd2-6a6e8fd97387")
+        );
+        assert_eq!(
+            (e2.ip, e2.user_agent, e2.channel, e2.country),
+            (None, None, None, None)
+        );
     }
 
     /// Splits a buffer of encoded records with `record_len` and decodes each.
     fn decode_all(d: &CsvDecoder, mut buf: &[u8]) -> Vec<Event> {
         let mut out = Vec::new();
         while let Some(n) = record_len(buf) {
-            out.push(d.decode(&buf[..n]).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&buf[..n]))));
+            out.push(
+                d.decode(&buf[..n])
+                    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&buf[..n]))),
+            );
             buf = &buf[n..];
         }
         assert!(buf.is_empty());
@@ -870,7 +981,13 @@ pub(crate) mod tests {
             line.clear();
             write_csv(&e, true, &mut line);
             assert_eq!(d_ext.decode(&line), Ok(e.clone()));
-            let e = Event { ip: None, user_agent: None, channel: None, country: None, ..e };
+            let e = Event {
+                ip: None,
+                user_agent: None,
+                channel: None,
+                country: None,
+                ..e
+            };
             line.clear();
             write_csv(&e, false, &mut line);
             assert_eq!(d_plain.decode(&line), Ok(e));
@@ -890,7 +1007,13 @@ pub(crate) mod tests {
         let e = d
             .decode(b"520088904,489.07,xiaomi,\"whatever, \"\"ignored\"\"\",view,2019-11-01 00:00:00 UTC,4d3b30da-a5e4-49df-b1a8-ba5943f1dd33,electronics.smartphone,2053013555631882655,1003461,PL\r\n")
             .unwrap();
-        assert_eq!(e, Event { country: cs("PL"), ..base(ms_from_civil(2019, 11, 1, 0, 0, 0, 0)) });
+        assert_eq!(
+            e,
+            Event {
+                country: cs("PL"),
+                ..base(ms_from_civil(2019, 11, 1, 0, 0, 0, 0))
+            }
+        );
     }
 
     #[test]
@@ -900,15 +1023,31 @@ pub(crate) mod tests {
             DecodeOptions::default(),
         )
         .unwrap_err();
-        assert!(missing.message.contains("missing required column `price`"), "{missing}");
-        let twice =
-            CsvDecoder::from_header(format!("{CSV_HEADER},price").as_bytes(), DecodeOptions::default()).unwrap_err();
+        assert!(
+            missing.message.contains("missing required column `price`"),
+            "{missing}"
+        );
+        let twice = CsvDecoder::from_header(
+            format!("{CSV_HEADER},price").as_bytes(),
+            DecodeOptions::default(),
+        )
+        .unwrap_err();
         assert!(twice.message.contains("`price` appears twice"), "{twice}");
-        let case = CsvDecoder::from_header(CSV_HEADER.to_uppercase().as_bytes(), DecodeOptions::default()).unwrap_err();
+        let case = CsvDecoder::from_header(
+            CSV_HEADER.to_uppercase().as_bytes(),
+            DecodeOptions::default(),
+        )
+        .unwrap_err();
         assert!(case.message.contains("`event_time`"), "{case}");
-        let unterminated =
-            CsvDecoder::from_header(format!("{CSV_HEADER},\"ip").as_bytes(), DecodeOptions::default()).unwrap_err();
-        assert!(unterminated.message.contains("column 10: unterminated"), "{unterminated}");
+        let unterminated = CsvDecoder::from_header(
+            format!("{CSV_HEADER},\"ip").as_bytes(),
+            DecodeOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            unterminated.message.contains("column 10: unterminated"),
+            "{unterminated}"
+        );
         assert!(CsvDecoder::from_header(b"", DecodeOptions::default()).is_err());
     }
 
@@ -934,7 +1073,14 @@ pub(crate) mod tests {
         let e = d
             .decode(b"2019-11-01 00:00:00 UTC,view,1003461,2053013555631882655,electronics.smartphone,xiaomi,489.07,520088904,4d3b30da-a5e4-49df-b1a8-ba5943f1dd33,,\"a\nb\",\"web\",")
             .unwrap();
-        assert_eq!(e, Event { user_agent: cs("a\nb"), channel: Some(Channel::Web), ..base(t) });
+        assert_eq!(
+            e,
+            Event {
+                user_agent: cs("a\nb"),
+                channel: Some(Channel::Web),
+                ..base(t)
+            }
+        );
         // Absent extension columns are null.
         assert_eq!(plain().decode(LINE1).unwrap().channel, None);
     }
@@ -960,7 +1106,10 @@ pub(crate) mod tests {
     }
 
     fn column_of(name: &str) -> usize {
-        CSV_HEADER_EXTENDED.split(',').position(|c| c == name).unwrap()
+        CSV_HEADER_EXTENDED
+            .split(',')
+            .position(|c| c == name)
+            .unwrap()
     }
 
     #[test]
@@ -972,10 +1121,26 @@ pub(crate) mod tests {
                 "1999-12-31 23:59:59 UTC",
                 "1999-12-31 23:59:59 UTC is outside the accepted years 2000-2099",
             ),
-            ("event_time", "2100-01-01 00:00:00 UTC", "outside the accepted years"),
-            ("event_time", "2019-13-01 00:00:00 UTC", "`2019-13-01 00:00:00 UTC` is not a timestamp"),
-            ("event_time", "2019-02-30 00:00:00 UTC", "is not a timestamp"),
-            ("event_time", "2019-11-01 25:00:00 UTC", "is not a timestamp"),
+            (
+                "event_time",
+                "2100-01-01 00:00:00 UTC",
+                "outside the accepted years",
+            ),
+            (
+                "event_time",
+                "2019-13-01 00:00:00 UTC",
+                "`2019-13-01 00:00:00 UTC` is not a timestamp",
+            ),
+            (
+                "event_time",
+                "2019-02-30 00:00:00 UTC",
+                "is not a timestamp",
+            ),
+            (
+                "event_time",
+                "2019-11-01 25:00:00 UTC",
+                "is not a timestamp",
+            ),
             ("event_time", "garbage", "`garbage` is not a timestamp"),
             ("event_time", "1572566400000", "is not a timestamp"),
             ("event_time", "", "required but empty"),
@@ -988,7 +1153,11 @@ pub(crate) mod tests {
             ("product_id", "+1", "`+1` is not an unsigned integer"),
             ("product_id", " 1", "is not an unsigned integer"),
             ("product_id", "1.0", "`1.0` is not an unsigned integer"),
-            ("category_id", "18446744073709551616", "out of range for an unsigned 64-bit integer"),
+            (
+                "category_id",
+                "18446744073709551616",
+                "out of range for an unsigned 64-bit integer",
+            ),
             ("category_id", "99999999999999999999999", "out of range"),
             ("user_id", "12a", "`12a` is not an unsigned integer"),
             ("user_id", "\"\"", "required but empty"),
@@ -998,12 +1167,20 @@ pub(crate) mod tests {
             ("price", "1e400", "is not a finite decimal number"),
             ("price", "12.3.4", "is not a finite decimal number"),
             ("price", "abc", "`abc` is not a finite decimal number"),
-            ("price", "99999999999999999999", "is not a finite decimal number"),
+            (
+                "price",
+                "99999999999999999999",
+                "is not a finite decimal number",
+            ),
             ("price", "", "required but empty"),
             ("channel", "tv", "unknown channel `tv`"),
             ("channel", "Web", "unknown channel `Web`"),
             ("user_agent", "\"unterminated", "unterminated quoted field"),
-            ("user_agent", "\"closed\"junk", "text after the closing quote"),
+            (
+                "user_agent",
+                "\"closed\"junk",
+                "text after the closing quote",
+            ),
             ("brand", "x\"y", "a quote inside an unquoted field"),
         ];
         for (field, value, reason) in cases {
@@ -1015,7 +1192,9 @@ pub(crate) mod tests {
         }
         // Exact wording of the typical messages.
         assert_eq!(
-            d.decode(&with_field(column_of("user_id"), "12a")).unwrap_err().message,
+            d.decode(&with_field(column_of("user_id"), "12a"))
+                .unwrap_err()
+                .message,
             "field `user_id`: `12a` is not an unsigned integer"
         );
         assert_eq!(
@@ -1027,47 +1206,95 @@ pub(crate) mod tests {
     #[test]
     fn invalid_utf8_in_text_fields_is_an_error_naming_the_field() {
         let d = extended();
-        for field in ["category_code", "brand", "user_session", "ip", "user_agent", "country"] {
+        for field in [
+            "category_code",
+            "brand",
+            "user_session",
+            "ip",
+            "user_agent",
+            "country",
+        ] {
             let mut line = with_field(column_of(field), "PLACEHOLDER");
             let at = line.windows(11).position(|w| w == b"PLACEHOLDER").unwrap();
             line.splice(at..at + 11, b"ab\xff\xfecd".iter().copied());
             let err = d.decode(&line).unwrap_err();
-            assert!(err.message.starts_with(&format!("field `{field}`: invalid UTF-8 at byte 2")), "{err}");
+            assert!(
+                err.message
+                    .starts_with(&format!("field `{field}`: invalid UTF-8 at byte 2")),
+                "{err}"
+            );
         }
         // In a numeric or enum field it is simply not a valid value.
         let mut line = LINE1.to_vec();
         line[0] = 0xff;
-        assert!(plain().decode(&line).unwrap_err().message.starts_with("field `event_time`: "));
+        assert!(plain()
+            .decode(&line)
+            .unwrap_err()
+            .message
+            .starts_with("field `event_time`: "));
         let mut line = with_field(column_of("channel"), "X");
         let at = line.iter().rposition(|&b| b == b'X').unwrap();
         line[at] = 0xc3;
-        assert!(d.decode(&line).unwrap_err().message.starts_with("field `channel`: "));
+        assert!(d
+            .decode(&line)
+            .unwrap_err()
+            .message
+            .starts_with("field `channel`: "));
     }
 
     #[test]
     fn field_count_must_match_the_header() {
         let d = plain();
         let short = b"2019-11-01 00:00:00 UTC,view,1003461,2053013555631882655,electronics.smartphone,xiaomi,489.07";
-        assert_eq!(d.decode(short).unwrap_err().message, "expected 9 fields, found 7");
+        assert_eq!(
+            d.decode(short).unwrap_err().message,
+            "expected 9 fields, found 7"
+        );
         let long = [LINE1, b",extra"].concat();
-        assert_eq!(d.decode(&long).unwrap_err().message, "expected 9 fields, found 10");
-        assert_eq!(extended().decode(LINE1).unwrap_err().message, "expected 13 fields, found 9");
-        assert_eq!(d.decode(b"\r\n").unwrap_err().message, "empty line (expected 9 fields)");
+        assert_eq!(
+            d.decode(&long).unwrap_err().message,
+            "expected 9 fields, found 10"
+        );
+        assert_eq!(
+            extended().decode(LINE1).unwrap_err().message,
+            "expected 13 fields, found 9"
+        );
+        assert_eq!(
+            d.decode(b"\r\n").unwrap_err().message,
+            "empty line (expected 9 fields)"
+        );
         // A quote error beyond the header's columns is located by position.
         let beyond = [LINE1, b",\"open"].concat();
-        assert!(d.decode(&beyond).unwrap_err().message.starts_with("field 10 (beyond the header's 9 columns)"));
+        assert!(d
+            .decode(&beyond)
+            .unwrap_err()
+            .message
+            .starts_with("field 10 (beyond the header's 9 columns)"));
     }
 
     #[test]
     fn year_range_is_configurable() {
-        let d =
-            CsvDecoder::from_header(CSV_HEADER.as_bytes(), DecodeOptions { min_year: 2020, max_year: 2030 }).unwrap();
+        let d = CsvDecoder::from_header(
+            CSV_HEADER.as_bytes(),
+            DecodeOptions {
+                min_year: 2020,
+                max_year: 2030,
+            },
+        )
+        .unwrap();
         assert_eq!(d.options().min_year, 2020);
         let err = d.decode(LINE1).unwrap_err();
-        assert!(err.message.contains("outside the accepted years 2020-2030"), "{err}");
+        assert!(
+            err.message.contains("outside the accepted years 2020-2030"),
+            "{err}"
+        );
         // RFC 3339 is accepted too, with its offset applied.
-        let line = String::from_utf8_lossy(LINE1).replace("2019-11-01 00:00:00 UTC", "2019-11-01T02:00:00+02:00");
-        assert_eq!(plain().decode(line.as_bytes()), Ok(base(ms_from_civil(2019, 11, 1, 0, 0, 0, 0))));
+        let line = String::from_utf8_lossy(LINE1)
+            .replace("2019-11-01 00:00:00 UTC", "2019-11-01T02:00:00+02:00");
+        assert_eq!(
+            plain().decode(line.as_bytes()),
+            Ok(base(ms_from_civil(2019, 11, 1, 0, 0, 0, 0)))
+        );
     }
 
     /// Mutates a valid line: flips, inserts, deletes or duplicates bytes, favouring the
@@ -1120,7 +1347,10 @@ pub(crate) mod tests {
             }
             let _ = CsvDecoder::from_header(&buf, DecodeOptions::default());
         }
-        assert!(accepted > 100, "mutations should leave some lines valid, got {accepted}");
+        assert!(
+            accepted > 100,
+            "mutations should leave some lines valid, got {accepted}"
+        );
     }
 
     /// Throughput check, run by hand (not a timed test):
@@ -1134,10 +1364,18 @@ pub(crate) mod tests {
             let mut ends = Vec::new();
             const N: usize = 1_000_000;
             for _ in 0..N {
-                write_csv(&random_event(&mut rng, extended_rows), extended_rows, &mut buf);
+                write_csv(
+                    &random_event(&mut rng, extended_rows),
+                    extended_rows,
+                    &mut buf,
+                );
                 ends.push(buf.len());
             }
-            let header = if extended_rows { CSV_HEADER_EXTENDED } else { CSV_HEADER };
+            let header = if extended_rows {
+                CSV_HEADER_EXTENDED
+            } else {
+                CSV_HEADER
+            };
             let d = CsvDecoder::from_header(header.as_bytes(), DecodeOptions::default()).unwrap();
             let start = std::time::Instant::now();
             let mut ok = 0usize;

@@ -11,7 +11,8 @@ use cap_engine::time::format_rees46;
 use super::{format_cents, Event};
 
 /// The REES46 header, without the extension columns.
-pub const CSV_HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
+pub const CSV_HEADER: &str =
+    "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
 /// The REES46 header with the extension columns `ip,user_agent,channel,country`.
 pub const CSV_HEADER_EXTENDED: &str =
     "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session,ip,user_agent,channel,country";
@@ -41,7 +42,12 @@ pub fn write_csv(event: &Event, extended: bool, out: &mut Vec<u8>) {
     csv_field(out, event.category_code.as_deref());
     out.push(b',');
     csv_field(out, event.brand.as_deref());
-    let _ = write!(out, ",{},{},", format_cents(event.price_cents), event.user_id);
+    let _ = write!(
+        out,
+        ",{},{},",
+        format_cents(event.price_cents),
+        event.user_id
+    );
     if let Some(s) = &event.user_session {
         csv_field(out, Some(&s.to_string()));
     }
@@ -82,7 +88,12 @@ pub fn write_json(event: &Event, out: &mut Vec<u8>) {
     );
     json_str(out, "category_code", event.category_code.as_deref());
     json_str(out, "brand", event.brand.as_deref());
-    let _ = write!(out, ",\"price\":{},\"user_id\":{}", format_cents(event.price_cents), event.user_id);
+    let _ = write!(
+        out,
+        ",\"price\":{},\"user_id\":{}",
+        format_cents(event.price_cents),
+        event.user_id
+    );
     let session = event.user_session.as_ref().map(|s| s.to_string());
     json_str(out, "user_session", session.as_deref());
     if event.ip.is_some() {

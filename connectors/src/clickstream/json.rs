@@ -51,7 +51,9 @@ use std::fmt::{self, Write as _};
 use compact_str::CompactString;
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
-use super::csv::{channel_reason, event_type_reason, parse_unsigned, price_reason, session, time_reason, Field};
+use super::csv::{
+    channel_reason, event_type_reason, parse_unsigned, price_reason, session, time_reason, Field,
+};
 use super::timestamp::{parse_event_time, YearBounds};
 use super::{parse_price_cents, Channel, DecodeError, DecodeOptions, Event, EventType, SessionId};
 
@@ -79,7 +81,10 @@ pub struct JsonDecoder {
 impl JsonDecoder {
     /// A decoder enforcing `options`.
     pub fn new(options: DecodeOptions) -> JsonDecoder {
-        JsonDecoder { bounds: YearBounds::new(&options), options }
+        JsonDecoder {
+            bounds: YearBounds::new(&options),
+            options,
+        }
     }
 
     /// The options this decoder enforces.
@@ -93,7 +98,9 @@ impl JsonDecoder {
         // escape, invalid UTF-8, EOF inside the value) can name it too.
         let current = Cell::new(None);
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let parsed = (&mut de).deserialize_map(RecordVisitor { current: &current }).and_then(|p| de.end().map(|()| p));
+        let parsed = (&mut de)
+            .deserialize_map(RecordVisitor { current: &current })
+            .and_then(|p| de.end().map(|()| p));
         match parsed {
             Ok(partial) => partial.finish(&self.bounds),
             Err(e) => Err(match current.get() {
@@ -177,17 +184,30 @@ impl<'de> Visitor<'de> for RecordVisitor<'_> {
             self.current.set(Some(field));
             match field {
                 Field::EventTime => put(&mut p.event_time, map.next_value_seed(Any(TimeVisitor))?)?,
-                Field::EventType => put(&mut p.event_type, map.next_value_seed(Any(EventTypeVisitor))?)?,
+                Field::EventType => put(
+                    &mut p.event_type,
+                    map.next_value_seed(Any(EventTypeVisitor))?,
+                )?,
                 Field::ProductId => put(&mut p.product_id, map.next_value_seed(Any(IdVisitor))?)?,
                 Field::CategoryId => put(&mut p.category_id, map.next_value_seed(Any(IdVisitor))?)?,
-                Field::CategoryCode => put(&mut p.category_code, map.next_value_seed(Any(Nullable::TEXT))?)?,
+                Field::CategoryCode => put(
+                    &mut p.category_code,
+                    map.next_value_seed(Any(Nullable::TEXT))?,
+                )?,
                 Field::Brand => put(&mut p.brand, map.next_value_seed(Any(Nullable::TEXT))?)?,
                 Field::Price => put(&mut p.price_cents, map.next_value_seed(Any(PriceVisitor))?)?,
                 Field::UserId => put(&mut p.user_id, map.next_value_seed(Any(IdVisitor))?)?,
-                Field::UserSession => put(&mut p.user_session, map.next_value_seed(Any(Nullable::SESSION))?)?,
+                Field::UserSession => put(
+                    &mut p.user_session,
+                    map.next_value_seed(Any(Nullable::SESSION))?,
+                )?,
                 Field::Ip => put(&mut p.ip, map.next_value_seed(Any(Nullable::TEXT))?)?,
-                Field::UserAgent => put(&mut p.user_agent, map.next_value_seed(Any(Nullable::TEXT))?)?,
-                Field::Channel => put(&mut p.channel, map.next_value_seed(Any(Nullable::CHANNEL))?)?,
+                Field::UserAgent => {
+                    put(&mut p.user_agent, map.next_value_seed(Any(Nullable::TEXT))?)?
+                }
+                Field::Channel => {
+                    put(&mut p.channel, map.next_value_seed(Any(Nullable::CHANNEL))?)?
+                }
                 Field::Country => put(&mut p.country, map.next_value_seed(Any(Nullable::TEXT))?)?,
             }
             self.current.set(None);
@@ -202,7 +222,10 @@ struct Key;
 impl<'de> DeserializeSeed<'de> for Key {
     type Value = Option<Field>;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Option<Field>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Option<Field>, D::Error> {
         deserializer.deserialize_identifier(self)
     }
 }
@@ -254,7 +277,9 @@ impl<'de> Visitor<'de> for TimeVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
-        Err(E::custom(format!("`{v:?}` is not an integer number of epoch milliseconds")))
+        Err(E::custom(format!(
+            "`{v:?}` is not an integer number of epoch milliseconds"
+        )))
     }
 }
 
@@ -293,9 +318,13 @@ impl<'de> Visitor<'de> for IdVisitor {
         // serde_json hands over integers beyond u64 as f64 too.
         // `{:?}` keeps the fraction visible (`1003461.0`), so the message shows why.
         if v >= 18_446_744_073_709_551_616.0 {
-            Err(E::custom(format!("`{v:?}` is out of range for an unsigned 64-bit integer")))
+            Err(E::custom(format!(
+                "`{v:?}` is out of range for an unsigned 64-bit integer"
+            )))
         } else {
-            Err(E::custom(format!("`{v:?}` is not an unsigned integer (write ids without a fraction or exponent)")))
+            Err(E::custom(format!(
+                "`{v:?}` is not an unsigned integer (write ids without a fraction or exponent)"
+            )))
         }
     }
 
@@ -320,7 +349,10 @@ impl<'de> Visitor<'de> for PriceVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
-        i64::try_from(v).ok().and_then(|c| c.checked_mul(100)).ok_or_else(|| Self::out_of_range(v))
+        i64::try_from(v)
+            .ok()
+            .and_then(|c| c.checked_mul(100))
+            .ok_or_else(|| Self::out_of_range(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
@@ -355,7 +387,10 @@ struct StackText {
 
 impl Default for StackText {
     fn default() -> Self {
-        StackText { buf: [0; 64], len: 0 }
+        StackText {
+            buf: [0; 64],
+            len: 0,
+        }
     }
 }
 
@@ -368,7 +403,10 @@ impl StackText {
 impl fmt::Write for StackText {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let end = self.len + s.len();
-        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
         self.len = end;
         Ok(())
     }
@@ -381,12 +419,17 @@ struct Nullable<T> {
 }
 
 impl Nullable<CompactString> {
-    const TEXT: Nullable<CompactString> =
-        Nullable { parse: |s| Ok(CompactString::from(s)), expecting: "a string or null" };
+    const TEXT: Nullable<CompactString> = Nullable {
+        parse: |s| Ok(CompactString::from(s)),
+        expecting: "a string or null",
+    };
 }
 
 impl Nullable<SessionId> {
-    const SESSION: Nullable<SessionId> = Nullable { parse: |s| Ok(session(s)), expecting: "a session string or null" };
+    const SESSION: Nullable<SessionId> = Nullable {
+        parse: |s| Ok(session(s)),
+        expecting: "a session string or null",
+    };
 }
 
 impl Nullable<Channel> {
@@ -478,7 +521,10 @@ mod tests {
     #[test]
     fn decodes_the_rees46_shape() {
         assert_eq!(decoder().decode(SAMPLE.as_bytes()), Ok(sample_event()));
-        assert_eq!(decoder().decode(format!("  {SAMPLE}\r\n").as_bytes()), Ok(sample_event()));
+        assert_eq!(
+            decoder().decode(format!("  {SAMPLE}\r\n").as_bytes()),
+            Ok(sample_event())
+        );
         assert_eq!(decoder().options(), &DecodeOptions::default());
     }
 
@@ -504,12 +550,27 @@ mod tests {
     fn accepts_the_documented_value_forms() {
         let d = decoder();
         let t = ms_from_civil(2019, 11, 1, 0, 0, 0, 0);
-        let ok = |json: String| d.decode(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e}"));
-        assert_eq!(ok(with("event_time", Some("\"2019-11-01T01:00:00+01:00\""))).event_time, t);
-        assert_eq!(ok(with("event_time", Some("\"2019-11-01 00:00:00.250\""))).event_time, t + 250);
+        let ok = |json: String| {
+            d.decode(json.as_bytes())
+                .unwrap_or_else(|e| panic!("{json}: {e}"))
+        };
+        assert_eq!(
+            ok(with("event_time", Some("\"2019-11-01T01:00:00+01:00\""))).event_time,
+            t
+        );
+        assert_eq!(
+            ok(with("event_time", Some("\"2019-11-01 00:00:00.250\""))).event_time,
+            t + 250
+        );
         assert_eq!(ok(with("event_time", Some(&t.to_string()))).event_time, t);
-        assert_eq!(ok(with("category_id", Some("\"2053013555631882655\""))).category_id, 2053013555631882655);
-        assert_eq!(ok(with("category_id", Some("18446744073709551615"))).category_id, u64::MAX);
+        assert_eq!(
+            ok(with("category_id", Some("\"2053013555631882655\""))).category_id,
+            2053013555631882655
+        );
+        assert_eq!(
+            ok(with("category_id", Some("18446744073709551615"))).category_id,
+            u64::MAX
+        );
         assert_eq!(ok(with("user_id", Some("\"007\""))).user_id, 7);
         assert_eq!(ok(with("product_id", Some("0"))).product_id, 0);
         for (price, cents) in [
@@ -529,7 +590,11 @@ mod tests {
             ("0.005", 1),
             ("123456789012.34", 12345678901234),
         ] {
-            assert_eq!(ok(with("price", Some(price))).price_cents, cents, "price {price}");
+            assert_eq!(
+                ok(with("price", Some(price))).price_cents,
+                cents,
+                "price {price}"
+            );
         }
         // Nullable fields: null, "" and missing are all null.
         for v in [Some("null"), Some("\"\""), None] {
@@ -542,14 +607,28 @@ mod tests {
             let e = ok(with("category_code", v));
             assert_eq!(e.category_code, None);
         }
-        assert_eq!(ok(with("channel", Some("\"social\""))).channel, Some(Channel::Social));
-        assert_eq!(ok(with("user_session", Some("\"abc\""))).user_session, Some(SessionId::parse("abc")));
+        assert_eq!(
+            ok(with("channel", Some("\"social\""))).channel,
+            Some(Channel::Social)
+        );
+        assert_eq!(
+            ok(with("user_session", Some("\"abc\""))).user_session,
+            Some(SessionId::parse("abc"))
+        );
         // Escapes in values and keys.
-        assert_eq!(ok(with("brand", Some(r#""l'or\u00e9al \"x\"""#))).brand.as_deref(), Some("l'oréal \"x\""));
+        assert_eq!(
+            ok(with("brand", Some(r#""l'or\u00e9al \"x\"""#)))
+                .brand
+                .as_deref(),
+            Some("l'oréal \"x\"")
+        );
         let escaped_key = SAMPLE.replace("\"brand\"", "\"\\u0062rand\"");
         assert_eq!(ok(escaped_key).brand.as_deref(), Some("xiaomi"));
         // Unknown keys are ignored, whatever their values.
-        let extra = ok(with("extra", Some(r#"{"nested":[1,2,{"a":null}],"x":"y"}"#)));
+        let extra = ok(with(
+            "extra",
+            Some(r#"{"nested":[1,2,{"a":null}],"x":"y"}"#),
+        ));
         assert_eq!(extra, sample_event());
         // Key order does not matter.
         let reordered = r#"{"user_id":520088904,"price":"489.07","user_session":"4d3b30da-a5e4-49df-b1a8-ba5943f1dd33","brand":"xiaomi","category_code":"electronics.smartphone","category_id":"2053013555631882655","product_id":"1003461","event_type":"view","event_time":"2019-11-01T00:00:00z"}"#;
@@ -560,7 +639,10 @@ mod tests {
     fn fails(json: &str, needles: &[&str]) {
         let err = decoder().decode(json.as_bytes()).expect_err(json);
         for n in needles {
-            assert!(err.message.contains(n), "{json}\n  error: {err}\n  missing: {n}");
+            assert!(
+                err.message.contains(n),
+                "{json}\n  error: {err}\n  missing: {n}"
+            );
         }
     }
 
@@ -572,54 +654,150 @@ mod tests {
                 Some("\"1999-12-31 23:59:59 UTC\""),
                 &["1999-12-31 23:59:59 UTC is outside the accepted years 2000-2099"],
             ),
-            ("event_time", Some("\"2100-01-01 00:00:00 UTC\""), &["outside the accepted years"]),
-            ("event_time", Some("\"2019-13-01 00:00:00 UTC\""), &["`2019-13-01 00:00:00 UTC` is not a timestamp"]),
-            ("event_time", Some("\"2019-02-30T00:00:00Z\""), &["is not a timestamp"]),
-            ("event_time", Some("\"garbage\""), &["`garbage` is not a timestamp", "line 1 column"]),
-            ("event_time", Some("1572566400"), &["1970-01-19", "outside the accepted years"]),
+            (
+                "event_time",
+                Some("\"2100-01-01 00:00:00 UTC\""),
+                &["outside the accepted years"],
+            ),
+            (
+                "event_time",
+                Some("\"2019-13-01 00:00:00 UTC\""),
+                &["`2019-13-01 00:00:00 UTC` is not a timestamp"],
+            ),
+            (
+                "event_time",
+                Some("\"2019-02-30T00:00:00Z\""),
+                &["is not a timestamp"],
+            ),
+            (
+                "event_time",
+                Some("\"garbage\""),
+                &["`garbage` is not a timestamp", "line 1 column"],
+            ),
+            (
+                "event_time",
+                Some("1572566400"),
+                &["1970-01-19", "outside the accepted years"],
+            ),
             ("event_time", Some("-5"), &["outside the accepted years"]),
-            ("event_time", Some("18446744073709551615"), &["out of range"]),
+            (
+                "event_time",
+                Some("18446744073709551615"),
+                &["out of range"],
+            ),
             (
                 "event_time",
                 Some("1572566400000.5"),
                 &["`1572566400000.5` is not an integer number of epoch milliseconds"],
             ),
-            ("event_time", Some("true"), &["invalid type: boolean `true`"]),
+            (
+                "event_time",
+                Some("true"),
+                &["invalid type: boolean `true`"],
+            ),
             ("event_time", Some("null"), &["invalid type: null"]),
             ("event_time", None, &["missing field `event_time`"]),
-            ("event_type", Some("\"click\""), &["unknown event type `click`"]),
-            ("event_type", Some("5"), &["invalid type: integer `5`, expected an event type string"]),
+            (
+                "event_type",
+                Some("\"click\""),
+                &["unknown event type `click`"],
+            ),
+            (
+                "event_type",
+                Some("5"),
+                &["invalid type: integer `5`, expected an event type string"],
+            ),
             ("event_type", None, &["missing field `event_type`"]),
-            ("product_id", Some("\"12a\""), &["`12a` is not an unsigned integer"]),
-            ("product_id", Some("-1"), &["`-1` is not an unsigned integer"]),
-            ("product_id", Some("\"-1\""), &["`-1` is not an unsigned integer"]),
-            ("product_id", Some("1.5"), &["`1.5` is not an unsigned integer"]),
-            ("product_id", Some("1e3"), &["`1000.0` is not an unsigned integer"]),
+            (
+                "product_id",
+                Some("\"12a\""),
+                &["`12a` is not an unsigned integer"],
+            ),
+            (
+                "product_id",
+                Some("-1"),
+                &["`-1` is not an unsigned integer"],
+            ),
+            (
+                "product_id",
+                Some("\"-1\""),
+                &["`-1` is not an unsigned integer"],
+            ),
+            (
+                "product_id",
+                Some("1.5"),
+                &["`1.5` is not an unsigned integer"],
+            ),
+            (
+                "product_id",
+                Some("1e3"),
+                &["`1000.0` is not an unsigned integer"],
+            ),
             (
                 "product_id",
                 Some("1003461.0"),
                 &["`1003461.0` is not an unsigned integer (write ids without a fraction"],
             ),
-            ("product_id", Some("true"), &["invalid type: boolean `true`, expected an unsigned integer"]),
+            (
+                "product_id",
+                Some("true"),
+                &["invalid type: boolean `true`, expected an unsigned integer"],
+            ),
             ("product_id", Some("[1]"), &["invalid type: sequence"]),
-            ("product_id", Some("\"\""), &["`` is not an unsigned integer"]),
+            (
+                "product_id",
+                Some("\"\""),
+                &["`` is not an unsigned integer"],
+            ),
             ("product_id", Some("null"), &["invalid type: null"]),
-            ("category_id", Some("18446744073709551616"), &["out of range for an unsigned 64-bit integer"]),
-            ("category_id", Some("\"18446744073709551616\""), &["out of range for an unsigned 64-bit integer"]),
-            ("user_id", Some("\"12a\""), &["`12a` is not an unsigned integer"]),
+            (
+                "category_id",
+                Some("18446744073709551616"),
+                &["out of range for an unsigned 64-bit integer"],
+            ),
+            (
+                "category_id",
+                Some("\"18446744073709551616\""),
+                &["out of range for an unsigned 64-bit integer"],
+            ),
+            (
+                "user_id",
+                Some("\"12a\""),
+                &["`12a` is not an unsigned integer"],
+            ),
             ("user_id", None, &["missing field `user_id`"]),
-            ("price", Some("\"NaN\""), &["`NaN` is not a finite decimal number"]),
-            ("price", Some("\"inf\""), &["`inf` is not a finite decimal number"]),
+            (
+                "price",
+                Some("\"NaN\""),
+                &["`NaN` is not a finite decimal number"],
+            ),
+            (
+                "price",
+                Some("\"inf\""),
+                &["`inf` is not a finite decimal number"],
+            ),
             ("price", Some("NaN"), &["expected value"]),
             ("price", Some("1e400"), &["number out of range"]),
             ("price", Some("1e300"), &["out of range for a price"]),
-            ("price", Some("\"abc\""), &["`abc` is not a finite decimal number"]),
+            (
+                "price",
+                Some("\"abc\""),
+                &["`abc` is not a finite decimal number"],
+            ),
             ("price", Some("\"\""), &["is not a finite decimal number"]),
             ("price", Some("true"), &["invalid type: boolean"]),
-            ("price", Some("92233720368547759"), &["out of range for a price"]),
+            (
+                "price",
+                Some("92233720368547759"),
+                &["out of range for a price"],
+            ),
             ("price", Some("null"), &["invalid type: null"]),
             ("price", None, &["missing field `price`"]),
-            ("brand", Some("5"), &["invalid type: integer `5`, expected a string or null"]),
+            (
+                "brand",
+                Some("5"),
+                &["invalid type: integer `5`, expected a string or null"],
+            ),
             ("category_code", Some("{}"), &["invalid type: map"]),
             ("user_session", Some("false"), &["invalid type: boolean"]),
             ("channel", Some("\"tv\""), &["unknown channel `tv`"]),
@@ -637,7 +815,10 @@ mod tests {
             if value.is_some() {
                 // Errors seen while parsing start with the field, e.g. "field `price`: ...".
                 let err = decoder().decode(json.as_bytes()).unwrap_err();
-                assert!(err.message.starts_with(&format!("field `{field}`: ")), "{err}");
+                assert!(
+                    err.message.starts_with(&format!("field `{field}`: ")),
+                    "{err}"
+                );
             }
         }
     }
@@ -646,24 +827,37 @@ mod tests {
     fn duplicate_keys_are_rejected() {
         let dup = SAMPLE.replace("\"price\":489.07", "\"price\":489.07,\"price\":1");
         fails(&dup, &["field `price`: the key appears twice"]);
-        let dup_null = with("brand", Some("null")).replace("\"brand\":null", "\"brand\":null,\"brand\":\"x\"");
+        let dup_null =
+            with("brand", Some("null")).replace("\"brand\":null", "\"brand\":null,\"brand\":\"x\"");
         fails(&dup_null, &["field `brand`: the key appears twice"]);
         // Unknown keys may repeat: they are ignored.
-        assert!(decoder().decode(with("x", Some("1")).replace("\"x\":1", "\"x\":1,\"x\":2").as_bytes()).is_ok());
+        assert!(decoder()
+            .decode(
+                with("x", Some("1"))
+                    .replace("\"x\":1", "\"x\":1,\"x\":2")
+                    .as_bytes()
+            )
+            .is_ok());
     }
 
     #[test]
     fn structural_errors_carry_serde_json_positions() {
         fails(
             "[1,2]",
-            &["invalid type: sequence, expected a JSON object of clickstream event fields", "line 1 column"],
+            &[
+                "invalid type: sequence, expected a JSON object of clickstream event fields",
+                "line 1 column",
+            ],
         );
         fails("5", &["invalid type: integer `5`"]);
         fails("\"x\"", &["invalid type: string"]);
         fails("null", &["invalid type: null"]);
         fails("", &["EOF while parsing a value at line 1 column 0"]);
         fails("{", &["EOF while parsing an object"]);
-        fails(&format!("{SAMPLE} x"), &["trailing characters at line 1 column"]);
+        fails(
+            &format!("{SAMPLE} x"),
+            &["trailing characters at line 1 column"],
+        );
         fails(&format!("{SAMPLE}{SAMPLE}"), &["trailing characters"]);
         fails("{\"event_time\" 5}", &["expected `:`"]);
         // Truncated inside a value: the error names that field.
@@ -674,29 +868,52 @@ mod tests {
         // Deep nesting in an ignored value is skipped without recursion; in a known field it
         // is a type error at the first bracket.
         let deep = "[".repeat(100_000) + &"]".repeat(100_000);
-        assert_eq!(decoder().decode(with("x", Some(&deep)).as_bytes()), Ok(sample_event()));
-        fails(&with("brand", Some(&deep)), &["field `brand`: invalid type: sequence"]);
+        assert_eq!(
+            decoder().decode(with("x", Some(&deep)).as_bytes()),
+            Ok(sample_event())
+        );
+        fails(
+            &with("brand", Some(&deep)),
+            &["field `brand`: invalid type: sequence"],
+        );
         fails(&with("x", Some(&"[".repeat(100_000))), &["line 1 column"]);
     }
 
     #[test]
     fn invalid_utf8_in_a_string_is_an_error_naming_the_field() {
-        for field in ["brand", "category_code", "user_session", "ip", "user_agent", "country", "event_type", "user_id"]
-        {
+        for field in [
+            "brand",
+            "category_code",
+            "user_session",
+            "ip",
+            "user_agent",
+            "country",
+            "event_type",
+            "user_id",
+        ] {
             let mut json = with(field, Some("\"abPLACEHOLDER\"")).into_bytes();
             let at = json.windows(11).position(|w| w == b"PLACEHOLDER").unwrap();
             json.splice(at..at + 11, b"\xff\xfe".iter().copied());
             let err = decoder().decode(&json).unwrap_err();
-            assert!(err.message.starts_with(&format!("field `{field}`: ")), "{err}");
+            assert!(
+                err.message.starts_with(&format!("field `{field}`: ")),
+                "{err}"
+            );
             assert!(err.message.contains("invalid unicode code point"), "{err}");
         }
     }
 
     #[test]
     fn year_range_is_configurable() {
-        let d = JsonDecoder::new(DecodeOptions { min_year: 2020, max_year: 2030 });
+        let d = JsonDecoder::new(DecodeOptions {
+            min_year: 2020,
+            max_year: 2030,
+        });
         let err = d.decode(SAMPLE.as_bytes()).unwrap_err();
-        assert_eq!(err.message, "field `event_time`: 2019-11-01 00:00:00 UTC is outside the accepted years 2020-2030");
+        assert_eq!(
+            err.message,
+            "field `event_time`: 2019-11-01 00:00:00 UTC is outside the accepted years 2020-2030"
+        );
     }
 
     #[test]
@@ -734,7 +951,10 @@ mod tests {
                 }
             }
         }
-        assert!(accepted > 100, "mutations should leave some records valid, got {accepted}");
+        assert!(
+            accepted > 100,
+            "mutations should leave some records valid, got {accepted}"
+        );
     }
 
     /// Throughput check, run by hand (not a timed test):

@@ -15,8 +15,8 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub mod csv;
-pub mod json;
 pub mod encode;
+pub mod json;
 pub mod timestamp;
 
 /// The kind of a clickstream event.
@@ -207,7 +207,9 @@ pub struct DecodeError {
 impl DecodeError {
     /// A decode error with the given reason.
     pub fn new(message: impl Into<String>) -> DecodeError {
-        DecodeError { message: message.into() }
+        DecodeError {
+            message: message.into(),
+        }
     }
 }
 
@@ -223,7 +225,10 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { min_year: 2000, max_year: 2099 }
+        DecodeOptions {
+            min_year: 2000,
+            max_year: 2099,
+        }
     }
 }
 
@@ -231,7 +236,12 @@ impl Default for DecodeOptions {
 /// third decimal. Accepts an optional sign, digits, an optional fraction and an optional
 /// exponent (`1.5e2`); rejects NaN, infinities and anything else.
 pub fn parse_price_cents(text: &[u8]) -> Result<i64, DecodeError> {
-    let bad = || DecodeError::new(format!("price `{}` is not a finite decimal number", String::from_utf8_lossy(text)));
+    let bad = || {
+        DecodeError::new(format!(
+            "price `{}` is not a finite decimal number",
+            String::from_utf8_lossy(text)
+        ))
+    };
     let (neg, digits) = match text.first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
@@ -245,7 +255,10 @@ pub fn parse_price_cents(text: &[u8]) -> Result<i64, DecodeError> {
     let mut i = 0;
     let mut any_digit = false;
     while i < digits.len() && digits[i].is_ascii_digit() {
-        int_part = int_part.checked_mul(10).and_then(|v| v.checked_add(i64::from(digits[i] - b'0'))).ok_or_else(bad)?;
+        int_part = int_part
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i64::from(digits[i] - b'0')))
+            .ok_or_else(bad)?;
         i += 1;
         any_digit = true;
     }
@@ -275,7 +288,8 @@ pub fn parse_price_cents(text: &[u8]) -> Result<i64, DecodeError> {
         let cents = (v * 100.0).round();
         return Ok(cents as i64);
     }
-    let mut cents = int_part.checked_mul(100).ok_or_else(bad)? + i64::from(frac[0]) * 10 + i64::from(frac[1]);
+    let mut cents =
+        int_part.checked_mul(100).ok_or_else(bad)? + i64::from(frac[0]) * 10 + i64::from(frac[1]);
     // Round half away from zero on the magnitude: the third decimal alone decides
     // (>= 5 rounds the magnitude up, whatever follows it).
     if frac[2] >= 5 {

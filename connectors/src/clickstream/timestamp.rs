@@ -127,7 +127,11 @@ impl YearBounds {
         // The calendar helpers work on i32 days; only format instants they represent exactly
         // (about +-10,000 years), and print the raw number otherwise.
         const PRINTABLE: u64 = 10_000 * 366 * MS_PER_DAY as u64;
-        let when = if ms.unsigned_abs() < PRINTABLE { format_rees46(ms) } else { format!("{ms} ms since the epoch") };
+        let when = if ms.unsigned_abs() < PRINTABLE {
+            format_rees46(ms)
+        } else {
+            format!("{ms} ms since the epoch")
+        };
         DecodeError::new(format!(
             "field `event_time`: {when} is outside the accepted years {}-{}",
             self.min_year, self.max_year
@@ -148,7 +152,15 @@ struct Civil {
 impl Civil {
     #[inline]
     fn to_ms(&self, millis: u32) -> i64 {
-        ms_from_civil(self.year, self.month, self.day, self.hour, self.minute, self.second, millis)
+        ms_from_civil(
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            millis,
+        )
     }
 }
 
@@ -199,7 +211,17 @@ fn date_time(b: &[u8]) -> Option<(Civil, u8)> {
     if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    Some((Civil { year, month, day, hour, minute, second }, head[10]))
+    Some((
+        Civil {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        },
+        head[10],
+    ))
 }
 
 /// An optional fraction `.d{1,9}` at the start of `b`: the whole milliseconds it denotes
@@ -215,7 +237,10 @@ fn fraction(b: &[u8]) -> Option<(u32, &[u8])> {
     }
     let mut millis = 0u32;
     for k in 0..3 {
-        let d = after_dot.get(k).filter(|_| k < n).map_or(0, |c| u32::from(c - b'0'));
+        let d = after_dot
+            .get(k)
+            .filter(|_| k < n)
+            .map_or(0, |c| u32::from(c - b'0'));
         millis = millis * 10 + d;
     }
     Some((millis, &after_dot[n..]))
@@ -237,10 +262,22 @@ mod tests {
         assert_eq!(parse_rees46(b"2019-11-01 00:00:00"), Some(t));
         assert_eq!(parse_rees46(b"2019-11-01 00:00:00.123 UTC"), Some(t + 123));
         assert_eq!(parse_rees46(b"2019-11-01 00:00:00.5"), Some(t + 500));
-        assert_eq!(parse_rees46(b"2019-11-01 00:00:00.123456789 UTC"), Some(t + 123));
-        assert_eq!(parse_rees46(b"2019-11-30 23:59:59 UTC"), Some(ms(2019, 11, 30, 23, 59, 59, 0)));
-        assert_eq!(parse_rees46(b"2020-02-29 12:00:00 UTC"), Some(ms(2020, 2, 29, 12, 0, 0, 0)));
-        assert_eq!(parse_rees46(b"2000-02-29 12:00:00 UTC"), Some(ms(2000, 2, 29, 12, 0, 0, 0)));
+        assert_eq!(
+            parse_rees46(b"2019-11-01 00:00:00.123456789 UTC"),
+            Some(t + 123)
+        );
+        assert_eq!(
+            parse_rees46(b"2019-11-30 23:59:59 UTC"),
+            Some(ms(2019, 11, 30, 23, 59, 59, 0))
+        );
+        assert_eq!(
+            parse_rees46(b"2020-02-29 12:00:00 UTC"),
+            Some(ms(2020, 2, 29, 12, 0, 0, 0))
+        );
+        assert_eq!(
+            parse_rees46(b"2000-02-29 12:00:00 UTC"),
+            Some(ms(2000, 2, 29, 12, 0, 0, 0))
+        );
     }
 
     #[test]
@@ -284,11 +321,20 @@ mod tests {
         assert_eq!(parse_rfc3339(b"2019-11-01T00:00:00Z"), Some(t));
         assert_eq!(parse_rfc3339(b"2019-11-01t00:00:00z"), Some(t));
         assert_eq!(parse_rfc3339(b"2019-11-01 00:00:00Z"), Some(t));
-        assert_eq!(parse_rfc3339(b"2019-11-01T00:00:00.5+02:00"), Some(t + 500 - 2 * 3_600_000));
-        assert_eq!(parse_rfc3339(b"2019-11-01T00:00:00-05:30"), Some(t + 5 * 3_600_000 + 30 * 60_000));
+        assert_eq!(
+            parse_rfc3339(b"2019-11-01T00:00:00.5+02:00"),
+            Some(t + 500 - 2 * 3_600_000)
+        );
+        assert_eq!(
+            parse_rfc3339(b"2019-11-01T00:00:00-05:30"),
+            Some(t + 5 * 3_600_000 + 30 * 60_000)
+        );
         assert_eq!(parse_rfc3339(b"2019-11-01T00:00:00.007+00:00"), Some(t + 7));
         // An offset can move the instant across a year boundary.
-        assert_eq!(parse_rfc3339(b"2000-01-01T01:00:00+02:00"), Some(ms(1999, 12, 31, 23, 0, 0, 0)));
+        assert_eq!(
+            parse_rfc3339(b"2000-01-01T01:00:00+02:00"),
+            Some(ms(1999, 12, 31, 23, 0, 0, 0))
+        );
         for bad in [
             &b"2019-11-01T00:00:00"[..],
             b"2019-11-01T00:00:00 UTC",
@@ -313,19 +359,38 @@ mod tests {
         let options = DecodeOptions::default();
         let ok = ms(2019, 11, 1, 0, 0, 0, 0);
         assert_eq!(check_year(ok, &options), Ok(ok));
-        assert_eq!(check_year(ms(2000, 1, 1, 0, 0, 0, 0), &options), Ok(ms(2000, 1, 1, 0, 0, 0, 0)));
+        assert_eq!(
+            check_year(ms(2000, 1, 1, 0, 0, 0, 0), &options),
+            Ok(ms(2000, 1, 1, 0, 0, 0, 0))
+        );
         let last = ms(2099, 12, 31, 23, 59, 59, 999);
         assert_eq!(check_year(last, &options), Ok(last));
         let err = check_year(ms(1999, 12, 31, 23, 59, 59, 0), &options).unwrap_err();
-        assert_eq!(err.message, "field `event_time`: 1999-12-31 23:59:59 UTC is outside the accepted years 2000-2099");
-        assert!(check_year(last + 1, &options).unwrap_err().message.contains("2100-01-01 00:00:00 UTC"));
+        assert_eq!(
+            err.message,
+            "field `event_time`: 1999-12-31 23:59:59 UTC is outside the accepted years 2000-2099"
+        );
+        assert!(check_year(last + 1, &options)
+            .unwrap_err()
+            .message
+            .contains("2100-01-01 00:00:00 UTC"));
         let huge = check_year(i64::MAX, &options).unwrap_err();
-        assert!(huge.message.contains("9223372036854775807 ms since the epoch"), "{huge}");
+        assert!(
+            huge.message
+                .contains("9223372036854775807 ms since the epoch"),
+            "{huge}"
+        );
         assert!(check_year(i64::MIN, &options).is_err());
         // Absurd configuration is clamped, not a panic.
-        let wide = DecodeOptions { min_year: i32::MIN, max_year: i32::MAX };
+        let wide = DecodeOptions {
+            min_year: i32::MIN,
+            max_year: i32::MAX,
+        };
         assert_eq!(check_year(0, &wide), Ok(0));
-        let narrow = DecodeOptions { min_year: 2019, max_year: 2019 };
+        let narrow = DecodeOptions {
+            min_year: 2019,
+            max_year: 2019,
+        };
         assert!(check_year(ms(2020, 1, 1, 0, 0, 0, 0), &narrow).is_err());
     }
 }

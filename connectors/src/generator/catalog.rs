@@ -99,7 +99,12 @@ pub(crate) fn apportion(total: u64, weights: &[f64], min: u64) -> Vec<u64> {
 
 /// Error diffusion: visits items in `order` and marks eligible ones so that the marked
 /// share of weight tracks `target` (the final error is at most half the heaviest item).
-fn diffuse(order: &[usize], weight: &[f64], eligible: impl Fn(usize) -> bool, target: f64) -> Vec<bool> {
+fn diffuse(
+    order: &[usize],
+    weight: &[f64],
+    eligible: impl Fn(usize) -> bool,
+    target: f64,
+) -> Vec<bool> {
     let mut marked = vec![false; weight.len()];
     let (mut seen, mut hit) = (0.0, 0.0);
     for &i in order {
@@ -141,7 +146,10 @@ impl Catalog {
         let tops = profile::TAXONOMY.len().min(n_cat);
         let top_w = harmonic_weights(tops);
         let top_sum: f64 = top_w.iter().sum();
-        let sizes: Vec<f64> = profile::TAXONOMY[..tops].iter().map(|(_, c)| c.len() as f64).collect();
+        let sizes: Vec<f64> = profile::TAXONOMY[..tops]
+            .iter()
+            .map(|(_, c)| c.len() as f64)
+            .collect();
         let per_top = apportion(n_cat as u64, &sizes, 1);
 
         let mut cats: Vec<Category> = Vec::with_capacity(n_cat);
@@ -171,7 +179,12 @@ impl Catalog {
         // code-less too (a random order would favour many small categories).
         let mut order = hashed_order(n_cat, seed, tag::CATEGORY_NULL);
         order.sort_by(|&a, &b| cat_w[b].total_cmp(&cat_w[a]));
-        let no_code = diffuse(&order, &cat_w, |i| rank_in_top[i] > 0, profile::CATEGORY_CODE_NULL_SHARE);
+        let no_code = diffuse(
+            &order,
+            &cat_w,
+            |i| rank_in_top[i] > 0,
+            profile::CATEGORY_CODE_NULL_SHARE,
+        );
         let mut coded_in_top = vec![0usize; tops];
         for (i, c) in cats.iter_mut().enumerate() {
             if !no_code[i] {
@@ -196,7 +209,10 @@ impl Catalog {
         for (b, &h) in homes.iter().enumerate() {
             top_brands[h as usize].push(b as u32);
         }
-        let top_brand_cdf: Vec<Cdf> = top_brands.iter().map(|l| Cdf::new(&harmonic_weights(l.len()))).collect();
+        let top_brand_cdf: Vec<Cdf> = top_brands
+            .iter()
+            .map(|l| Cdf::new(&harmonic_weights(l.len())))
+            .collect();
         let in_top = Prob::new(profile::BRAND_IN_TOP);
 
         let mut prods: Vec<Product> = Vec::with_capacity(products as usize);
@@ -244,8 +260,10 @@ impl Catalog {
         }
 
         // Prices: order by latent score, price at the row-weighted quantile.
-        let score: Vec<f64> =
-            prods.iter().map(|p| level[p.category as usize] + 0.8 * gaussish(&mut rng)).collect();
+        let score: Vec<f64> = prods
+            .iter()
+            .map(|p| level[p.category as usize] + 0.8 * gaussish(&mut rng))
+            .collect();
         let mut by_score: Vec<usize> = (0..prods.len()).collect();
         by_score.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
         let total: f64 = weight.iter().sum();
@@ -256,7 +274,12 @@ impl Catalog {
             prods[i].price_cents = (profile::price_at(u) * 100.0).round() as i64;
         }
         let order = hashed_order(prods.len(), seed, tag::PRICE_ZERO);
-        let zero = diffuse(&order, &weight, |i| weight[i] < 2e-4 * total, profile::ZERO_PRICE_SHARE);
+        let zero = diffuse(
+            &order,
+            &weight,
+            |i| weight[i] < 2e-4 * total,
+            profile::ZERO_PRICE_SHARE,
+        );
         // Brands: about 15% of rows without one.
         let order = hashed_order(prods.len(), seed, tag::BRAND_NULL);
         let no_brand = diffuse(&order, &weight, |_| true, profile::BRAND_NULL_SHARE);
@@ -270,7 +293,9 @@ impl Catalog {
         }
 
         // Product ids: a shuffled range, so popularity is not visible in the id.
-        let mut ids: Vec<u64> = (0..products).map(|i| profile::PRODUCT_ID_BASE + i).collect();
+        let mut ids: Vec<u64> = (0..products)
+            .map(|i| profile::PRODUCT_ID_BASE + i)
+            .collect();
         for i in (1..ids.len()).rev() {
             let j = rng.below(i as u64 + 1) as usize;
             ids.swap(i, j);
@@ -280,7 +305,14 @@ impl Catalog {
         }
 
         let category_cdf = Cdf::new(&cat_w);
-        Catalog { categories: cats, products: prods, brands, product_weight: weight, category_cdf, product_thresholds }
+        Catalog {
+            categories: cats,
+            products: prods,
+            brands,
+            product_weight: weight,
+            category_cdf,
+            product_thresholds,
+        }
     }
 
     /// A category drawn by popularity.
@@ -314,7 +346,11 @@ fn make_brands(rng: &mut Rng, n: usize, tops: usize) -> (Vec<CompactString>, Vec
         let b = CompactString::const_new(b);
         seen.insert(b.clone());
         names.push(b);
-        homes.push(if usize::from(home) < tops { home } else { rng.index(tops) as u8 });
+        homes.push(if usize::from(home) < tops {
+            home
+        } else {
+            rng.index(tops) as u8
+        });
     }
     let syl = profile::BRAND_SYLLABLES;
     while names.len() < n {
@@ -386,9 +422,15 @@ mod tests {
         assert_eq!(pids.len(), 50_000);
         let brands: HashSet<&CompactString> = c.brands.iter().collect();
         assert_eq!(brands.len(), 2000);
-        assert!(c.brands.iter().all(|b| !b.is_heap_allocated()), "brands must stay inline");
+        assert!(
+            c.brands.iter().all(|b| !b.is_heap_allocated()),
+            "brands must stay inline"
+        );
         let no_code = c.categories.iter().filter(|c| c.code.is_none()).count();
-        assert!((150..=260).contains(&no_code), "{no_code} code-less categories");
+        assert!(
+            (150..=260).contains(&no_code),
+            "{no_code} code-less categories"
+        );
         let (code_null, brand_null, zero) = expected_shares(&c);
         assert!((code_null - 1.0 / 3.0).abs() < 0.02, "{code_null}");
         assert!((brand_null - 0.15).abs() < 0.01, "{brand_null}");

@@ -77,7 +77,10 @@ mod tests {
         let c = Cycle::new();
         let monday = ms_from_civil(2019, 11, 4, 0, 0, 0, 0);
         let n = 7 * 24 * 60;
-        let mean: f64 = (0..n).map(|m| c.at(monday + m * 60_000 + 30_000)).sum::<f64>() / n as f64;
+        let mean: f64 = (0..n)
+            .map(|m| c.at(monday + m * 60_000 + 30_000))
+            .sum::<f64>()
+            / n as f64;
         assert!((mean - 1.0).abs() < 1e-3, "{mean}");
         assert!(c.at(monday + 17 * MS_PER_HOUR) > 3.0 * c.at(monday + 3 * MS_PER_HOUR));
     }
@@ -89,7 +92,11 @@ mod tests {
         let week = c.span_ms(start, 1000, 7000.0);
         assert!((week - MS_PER_WEEK).abs() < 60_000, "{week}");
         let thirty = c.span_ms(start, 2_250_000, 67_500_000.0);
-        assert!((thirty - 30 * MS_PER_DAY).abs() < 6 * MS_PER_HOUR, "{}", thirty as f64 / MS_PER_HOUR as f64);
+        assert!(
+            (thirty - 30 * MS_PER_DAY).abs() < 6 * MS_PER_HOUR,
+            "{}",
+            thirty as f64 / MS_PER_HOUR as f64
+        );
         // Starting at midnight (low traffic), half a day's events take more than half a day.
         assert!(c.span_ms(start, 1000, 500.0) > MS_PER_DAY / 2);
     }

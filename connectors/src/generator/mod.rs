@@ -209,10 +209,16 @@ impl GeneratorConfig {
             ));
         }
         if self.products == 0 || self.products > MAX_PRODUCTS {
-            return Err(format!("generator.products must be in 1..={MAX_PRODUCTS}, got {}", self.products));
+            return Err(format!(
+                "generator.products must be in 1..={MAX_PRODUCTS}, got {}",
+                self.products
+            ));
         }
         if self.categories == 0 || self.categories > MAX_CATEGORIES {
-            return Err(format!("generator.categories must be in 1..={MAX_CATEGORIES}, got {}", self.categories));
+            return Err(format!(
+                "generator.categories must be in 1..={MAX_CATEGORIES}, got {}",
+                self.categories
+            ));
         }
         if u64::from(self.categories) > self.products {
             return Err(format!(
@@ -221,7 +227,10 @@ impl GeneratorConfig {
             ));
         }
         if self.brands == 0 || self.brands > MAX_BRANDS {
-            return Err(format!("generator.brands must be in 1..={MAX_BRANDS}, got {}", self.brands));
+            return Err(format!(
+                "generator.brands must be in 1..={MAX_BRANDS}, got {}",
+                self.brands
+            ));
         }
         parse_start(&self.start).map_err(|e| format!("generator.start: {e}"))?;
         if self.events_per_day == 0 {
@@ -240,24 +249,39 @@ impl GeneratorConfig {
             ));
         }
         if !(0.0..1.0).contains(&self.duplicate_fraction) {
-            return Err(format!("generator.duplicate_fraction must be in [0, 1), got {}", self.duplicate_fraction));
+            return Err(format!(
+                "generator.duplicate_fraction must be in [0, 1), got {}",
+                self.duplicate_fraction
+            ));
         }
         if self.bots > 0 && self.bot_window_ms < 1000 {
-            return Err(format!("generator.bot_window_ms must be >= 1000, got {}", self.bot_window_ms));
+            return Err(format!(
+                "generator.bot_window_ms must be >= 1000, got {}",
+                self.bot_window_ms
+            ));
         }
         if self.ddos_bursts > 0 {
             if self.ddos_window_ms < 1000 {
-                return Err(format!("generator.ddos_window_ms must be >= 1000, got {}", self.ddos_window_ms));
+                return Err(format!(
+                    "generator.ddos_window_ms must be >= 1000, got {}",
+                    self.ddos_window_ms
+                ));
             }
             if self.ddos_ips == 0 {
-                return Err("generator.ddos_ips must be >= 1 when generator.ddos_bursts > 0".into());
+                return Err(
+                    "generator.ddos_ips must be >= 1 when generator.ddos_bursts > 0".into(),
+                );
             }
             if self.ddos_events == 0 {
-                return Err("generator.ddos_events must be >= 1 when generator.ddos_bursts > 0".into());
+                return Err(
+                    "generator.ddos_events must be >= 1 when generator.ddos_bursts > 0".into(),
+                );
             }
         }
         if self.rate == Some(0) {
-            return Err("generator.rate must be >= 1 event/s (omit it for as fast as possible)".into());
+            return Err(
+                "generator.rate must be >= 1 event/s (omit it for as fast as possible)".into(),
+            );
         }
         Ok(())
     }
@@ -270,7 +294,8 @@ impl GeneratorConfig {
 
     /// The event time of the start, in UTC milliseconds.
     pub fn start_ms(&self) -> Result<i64, GeneratorError> {
-        parse_start(&self.start).map_err(|e| GeneratorError::Config(format!("generator.start: {e}")))
+        parse_start(&self.start)
+            .map_err(|e| GeneratorError::Config(format!("generator.start: {e}")))
     }
 }
 
@@ -289,26 +314,48 @@ fn parse_start(text: &str) -> Result<i64, String> {
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return Err(bad());
     }
-    let (y, mo, d) = (num(&b[0..4]).ok_or_else(bad)?, num(&b[5..7]).ok_or_else(bad)?, num(&b[8..10]).ok_or_else(bad)?);
+    let (y, mo, d) = (
+        num(&b[0..4]).ok_or_else(bad)?,
+        num(&b[5..7]).ok_or_else(bad)?,
+        num(&b[8..10]).ok_or_else(bad)?,
+    );
     let (h, mi, s) = match &b[10..] {
         [] => (0, 0, 0),
-        [sep, rest @ ..] if (*sep == b' ' || *sep == b'T') && rest.len() >= 8 && rest[2] == b':' && rest[5] == b':' => {
+        [sep, rest @ ..]
+            if (*sep == b' ' || *sep == b'T')
+                && rest.len() >= 8
+                && rest[2] == b':'
+                && rest[5] == b':' =>
+        {
             let tail = &rest[8..];
             if !(tail.is_empty() || tail == b" UTC" || tail == b"Z") {
                 return Err(bad());
             }
-            (num(&rest[0..2]).ok_or_else(bad)?, num(&rest[3..5]).ok_or_else(bad)?, num(&rest[6..8]).ok_or_else(bad)?)
+            (
+                num(&rest[0..2]).ok_or_else(bad)?,
+                num(&rest[3..5]).ok_or_else(bad)?,
+                num(&rest[6..8]).ok_or_else(bad)?,
+            )
         }
         _ => return Err(bad()),
     };
     if !(2000..=2099).contains(&y) {
-        return Err(format!("year {y} is outside 2000-2099 (the decoders' default range)"));
+        return Err(format!(
+            "year {y} is outside 2000-2099 (the decoders' default range)"
+        ));
     }
     let day = cap_engine::time::days_from_civil(y as i32, mo, d);
-    if !(1..=12).contains(&mo) || cap_engine::time::civil_from_days(day) != (y as i32, mo, d) || h > 23 || mi > 59 || s > 59 {
+    if !(1..=12).contains(&mo)
+        || cap_engine::time::civil_from_days(day) != (y as i32, mo, d)
+        || h > 23
+        || mi > 59
+        || s > 59
+    {
         return Err(bad());
     }
-    Ok(cap_engine::time::ms_from_civil(y as i32, mo, d, h, mi, s, 0))
+    Ok(cap_engine::time::ms_from_civil(
+        y as i32, mo, d, h, mi, s, 0,
+    ))
 }
 
 /// Errors of the generator.

@@ -110,7 +110,9 @@ pub(crate) const PRICE_QUANTILES: &[(f64, f64)] = &[
 /// The price at row quantile `u` in `[0, 1]`.
 pub(crate) fn price_at(u: f64) -> f64 {
     let u = u.clamp(0.0, 1.0);
-    let i = PRICE_QUANTILES.partition_point(|&(q, _)| q <= u).clamp(1, PRICE_QUANTILES.len() - 1);
+    let i = PRICE_QUANTILES
+        .partition_point(|&(q, _)| q <= u)
+        .clamp(1, PRICE_QUANTILES.len() - 1);
     let (u0, p0) = PRICE_QUANTILES[i - 1];
     let (u1, p1) = PRICE_QUANTILES[i];
     p0 + (p1 - p0) * ((u - u0) / (u1 - u0))
@@ -256,7 +258,18 @@ pub(crate) const TAXONOMY: &[(&str, &[&str])] = &[
             "construction.tools.screw",
         ],
     ),
-    ("kids", &["kids.toys", "kids.carriage", "kids.skates", "kids.swing", "kids.dolls", "kids.fmcg.diapers", "kids.bottles"]),
+    (
+        "kids",
+        &[
+            "kids.toys",
+            "kids.carriage",
+            "kids.skates",
+            "kids.swing",
+            "kids.dolls",
+            "kids.fmcg.diapers",
+            "kids.bottles",
+        ],
+    ),
     (
         "auto",
         &[
@@ -269,10 +282,25 @@ pub(crate) const TAXONOMY: &[(&str, &[&str])] = &[
             "auto.accessories.winch",
         ],
     ),
-    ("accessories", &["accessories.bag", "accessories.wallet", "accessories.umbrella"]),
+    (
+        "accessories",
+        &[
+            "accessories.bag",
+            "accessories.wallet",
+            "accessories.umbrella",
+        ],
+    ),
     (
         "sport",
-        &["sport.bicycle", "sport.ski", "sport.snowboard", "sport.tennis", "sport.trainer", "sport.diving", "sport.golf"],
+        &[
+            "sport.bicycle",
+            "sport.ski",
+            "sport.snowboard",
+            "sport.tennis",
+            "sport.trainer",
+            "sport.diving",
+            "sport.golf",
+        ],
     ),
     ("medicine", &["medicine.tools.tonometer"]),
     (
@@ -347,19 +375,32 @@ pub(crate) const BRAND_IN_TOP: f64 = 0.85;
 
 /// Syllables for generated brand names (at most 3 syllables: always inline CompactStrings).
 pub(crate) const BRAND_SYLLABLES: &[&str] = &[
-    "ka", "lo", "vi", "ter", "mon", "ra", "zen", "bel", "tor", "mi", "sa", "no", "dex", "fi", "lux", "ver", "gal",
-    "pro", "tek", "ar", "ol", "um", "is", "en", "vo", "rex", "ta", "ni", "sol", "mar",
+    "ka", "lo", "vi", "ter", "mon", "ra", "zen", "bel", "tor", "mi", "sa", "no", "dex", "fi",
+    "lux", "ver", "gal", "pro", "tek", "ar", "ol", "um", "is", "en", "vo", "rex", "ta", "ni",
+    "sol", "mar",
 ];
 
 /// Countries of the audience `(ISO 3166-1 alpha-2, weight, first octets of its IPs)`.
 pub(crate) const COUNTRIES: &[(&str, f64, &[u8])] = &[
-    ("RU", 0.58, &[5, 31, 37, 46, 77, 78, 79, 85, 87, 89, 91, 92, 93, 94, 95, 176, 178, 188, 212, 213, 217]),
+    (
+        "RU",
+        0.58,
+        &[
+            5, 31, 37, 46, 77, 78, 79, 85, 87, 89, 91, 92, 93, 94, 95, 176, 178, 188, 212, 213, 217,
+        ],
+    ),
     ("UA", 0.09, &[31, 37, 46, 91, 93, 176, 178, 193, 194]),
     ("KZ", 0.06, &[2, 5, 37, 89, 92, 95, 178]),
     ("BY", 0.05, &[37, 46, 86, 93, 178]),
     ("UZ", 0.04, &[84, 90, 185, 195, 213]),
     ("DE", 0.04, &[2, 5, 46, 77, 78, 79, 80, 84, 85, 87]),
-    ("US", 0.03, &[3, 8, 12, 23, 24, 50, 63, 64, 65, 66, 67, 68, 69, 70, 71, 96, 97, 98, 99, 104, 107, 108]),
+    (
+        "US",
+        0.03,
+        &[
+            3, 8, 12, 23, 24, 50, 63, 64, 65, 66, 67, 68, 69, 70, 71, 96, 97, 98, 99, 104, 107, 108,
+        ],
+    ),
     ("PL", 0.03, &[31, 37, 46, 77, 78, 79, 83, 89, 91, 178]),
     ("TR", 0.03, &[31, 37, 46, 78, 81, 85, 88, 176]),
     ("GE", 0.02, &[31, 37, 94, 176, 188]),

@@ -177,8 +177,16 @@ pub(crate) fn push_thresholds(weights: &[f64], out: &mut Vec<u32>) {
     let mut cum = 0.0;
     for &w in weights {
         cum += w;
-        let t = if total > 0.0 { cum / total * 4_294_967_296.0 } else { 4_294_967_296.0 };
-        out.push(if t >= 4_294_967_295.0 { u32::MAX } else { t as u32 });
+        let t = if total > 0.0 {
+            cum / total * 4_294_967_296.0
+        } else {
+            4_294_967_296.0
+        };
+        out.push(if t >= 4_294_967_295.0 {
+            u32::MAX
+        } else {
+            t as u32
+        });
     }
     if let Some(last) = out.last_mut() {
         *last = u32::MAX;
@@ -212,7 +220,14 @@ mod tests {
         // of a given seed must never change silently.
         let mut r = Rng::new(42);
         let first: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
-        assert_eq!(first, [0x1578_0b2e_0c2e_c716, 0x6104_d986_6d11_3a7e, 0xae17_5332_39e4_99a1]);
+        assert_eq!(
+            first,
+            [
+                0x1578_0b2e_0c2e_c716,
+                0x6104_d986_6d11_3a7e,
+                0xae17_5332_39e4_99a1
+            ]
+        );
         assert_eq!(mix64(0), 0);
         assert_eq!(mix64(1), 0x5692_161d_100b_05e5);
         assert_ne!(hash(&[1, 2]), hash(&[2, 1]));

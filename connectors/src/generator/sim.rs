@@ -93,8 +93,12 @@ impl Transitions {
     /// Solves the chain so that background events have the profile's type shares, after
     /// making room for the incidents' `injected` views when `events` is bounded.
     pub(crate) fn new(events: Option<u64>, injected: u64) -> Transitions {
-        let (mut v, mut c, mut p, mut r) =
-            (profile::VIEW_SHARE, profile::CART_SHARE, profile::PURCHASE_SHARE, profile::REMOVE_SHARE);
+        let (mut v, mut c, mut p, mut r) = (
+            profile::VIEW_SHARE,
+            profile::CART_SHARE,
+            profile::PURCHASE_SHARE,
+            profile::REMOVE_SHARE,
+        );
         if let Some(n) = events.filter(|&n| n > 0) {
             let (n, inj) = (n as f64, injected.min(n) as f64);
             let bg = n - inj;
@@ -117,7 +121,8 @@ impl Transitions {
         let ce = 1.0 - cp - cr - cv;
         let pe = 1.0 - profile::PURCHASE_THEN_VIEW;
         let re = 1.0 - profile::REMOVE_THEN_VIEW;
-        let ve = (1.0 / profile::MEAN_VIEWS_PER_SESSION - vc * (ce + cp * pe + cr * re)).clamp(0.01, 1.0 - vc);
+        let ve = (1.0 / profile::MEAN_VIEWS_PER_SESSION - vc * (ce + cp * pe + cr * re))
+            .clamp(0.01, 1.0 - vc);
         Transitions {
             view: [Prob::new(vc), Prob::new(vc + ve)],
             cart: [Prob::new(cp), Prob::new(cp + cr), Prob::new(cp + cr + cv)],
@@ -267,7 +272,12 @@ impl Sim {
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                let mut s = DdosStream { plan: i, j: 0, t: i64::MAX, ips: d.ips.iter().map(|ip| ip_text(*ip)).collect() };
+                let mut s = DdosStream {
+                    plan: i,
+                    j: 0,
+                    t: i64::MAX,
+                    ips: d.ips.iter().map(|ip| ip_text(*ip)).collect(),
+                };
                 State::ddos_seek(&model, partition, &mut s, 0);
                 s
             })
@@ -314,16 +324,21 @@ impl Sim {
 }
 
 impl State {
-
     /// Moves a DDoS stream to its first slot `>= j` owned by this partition.
     fn ddos_seek(model: &Model, partition: u32, s: &mut DdosStream, mut j: u64) {
         let d = &model.plan.ddos[s.plan];
         let parts = u64::from(model.cfg.partitions);
-        while j < d.events && (d.first_user_index + d.slot_ip(j) as u64) % parts != u64::from(partition) {
+        while j < d.events
+            && (d.first_user_index + d.slot_ip(j) as u64) % parts != u64::from(partition)
+        {
             j += 1;
         }
         s.j = j;
-        s.t = if j < d.events { d.slot_time(model.cfg.seed, j) } else { i64::MAX };
+        s.t = if j < d.events {
+            d.slot_time(model.cfg.seed, j)
+        } else {
+            i64::MAX
+        };
     }
 
     fn find_next_injected(&mut self) {
@@ -371,13 +386,29 @@ impl State {
         let r = &mut self.rng;
         let u = self.users.sample(r);
         let prof = model.population.profile(model.cfg.seed, u, &model.catalog);
-        let session = if r.hit(self.p_null) { None } else { Some(uuid_v4(r.next_u64(), r.next_u64())) };
-        let channel = if r.hit(self.p_channel) { prof.channel } else { model.population.channel(r) };
-        let ip = if r.hit(self.p_home) { prof.home_ip } else { model.population.random_ip(prof.country, r) };
+        let session = if r.hit(self.p_null) {
+            None
+        } else {
+            Some(uuid_v4(r.next_u64(), r.next_u64()))
+        };
+        let channel = if r.hit(self.p_channel) {
+            prof.channel
+        } else {
+            model.population.channel(r)
+        };
+        let ip = if r.hit(self.p_home) {
+            prof.home_ip
+        } else {
+            model.population.random_ip(prof.country, r)
+        };
         let mut s = Session {
             user_id: user_id(u),
             session,
-            ip: if self.ext { ip_text(ip) } else { CompactString::default() },
+            ip: if self.ext {
+                ip_text(ip)
+            } else {
+                CompactString::default()
+            },
             agent: agent(channel, prof.device),
             country: profile::COUNTRIES[prof.country as usize].0,
             channel,
@@ -439,7 +470,14 @@ impl State {
     }
 
     #[inline]
-    fn session_event(&self, model: &Model, s: &Session, kind: EventType, product: u32, t: i64) -> Event {
+    fn session_event(
+        &self,
+        model: &Model,
+        s: &Session,
+        kind: EventType,
+        product: u32,
+        t: i64,
+    ) -> Event {
         let mut e = product_event(&model.catalog, product, kind, s.user_id, t);
         e.user_session = s.session.map(SessionId::Uuid);
         if self.ext {
@@ -458,13 +496,21 @@ impl State {
                 let b = &mut self.bots[i];
                 let plan = &model.plan.bots[b.plan];
                 let product = b.content.index(model.catalog.products.len()) as u32;
-                let mut e = product_event(&model.catalog, product, EventType::View, user_id(plan.user_index), t);
+                let mut e = product_event(
+                    &model.catalog,
+                    product,
+                    EventType::View,
+                    user_id(plan.user_index),
+                    t,
+                );
                 e.user_session = Some(SessionId::Uuid(b.session));
                 if self.ext {
                     e.ip = Some(b.ip.clone());
                     e.user_agent = Some(CompactString::const_new(plan.agent));
                     e.channel = Some(Channel::Web);
-                    e.country = Some(CompactString::const_new(profile::COUNTRIES[plan.country as usize].0));
+                    e.country = Some(CompactString::const_new(
+                        profile::COUNTRIES[plan.country as usize].0,
+                    ));
                 }
                 b.left -= 1;
                 b.t += plan.gap(&mut b.gaps);
@@ -478,14 +524,19 @@ impl State {
                 let h = hash(&[seed, tag::DDOS_SLOT, u64::from(plan.burst), d.j, 1]);
                 let product = plan.targets[(h % plan.targets.len() as u64) as usize];
                 let user = plan.first_user_index + ip as u64;
-                let mut e = product_event(&model.catalog, product, EventType::View, user_id(user), t);
+                let mut e =
+                    product_event(&model.catalog, product, EventType::View, user_id(user), t);
                 let sh = hash(&[seed, tag::DDOS_IP, u64::from(plan.burst), ip as u64]);
                 e.user_session = Some(SessionId::Uuid(uuid_v4(sh, hash(&[sh]))));
                 if self.ext {
                     e.ip = Some(d.ips[ip].clone());
-                    e.user_agent = Some(CompactString::const_new(profile::DDOS_AGENTS[(sh >> 60) as usize % profile::DDOS_AGENTS.len()]));
+                    e.user_agent = Some(CompactString::const_new(
+                        profile::DDOS_AGENTS[(sh >> 60) as usize % profile::DDOS_AGENTS.len()],
+                    ));
                     e.channel = Some(Channel::Web);
-                    e.country = Some(CompactString::const_new(profile::COUNTRIES[plan.ip_country[ip] as usize].0));
+                    e.country = Some(CompactString::const_new(
+                        profile::COUNTRIES[plan.ip_country[ip] as usize].0,
+                    ));
                 }
                 let next = d.j + 1;
                 State::ddos_seek(model, self.partition, d, next);
@@ -508,7 +559,11 @@ fn product_event(catalog: &Catalog, product: u32, kind: EventType, user: u64, t:
         product_id: p.id,
         category_id: c.id,
         category_code: c.code.clone(),
-        brand: if p.brand == NO_BRAND { None } else { Some(catalog.brands[p.brand as usize].clone()) },
+        brand: if p.brand == NO_BRAND {
+            None
+        } else {
+            Some(catalog.brands[p.brand as usize].clone())
+        },
         price_cents: p.price_cents,
         user_id: user,
         user_session: None,
@@ -526,7 +581,15 @@ mod tests {
     #[test]
     fn transitions_make_room_for_incident_views() {
         let live = Transitions::new(None, 0);
-        assert_eq!(live.shares, [profile::VIEW_SHARE, profile::CART_SHARE, profile::PURCHASE_SHARE, profile::REMOVE_SHARE]);
+        assert_eq!(
+            live.shares,
+            [
+                profile::VIEW_SHARE,
+                profile::CART_SHARE,
+                profile::PURCHASE_SHARE,
+                profile::REMOVE_SHARE
+            ]
+        );
         let bounded = Transitions::new(Some(1_000_000), 30_000);
         assert!((bounded.shares.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         // Background views + incident views = the profile's view share of all events.

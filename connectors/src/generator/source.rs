@@ -11,7 +11,9 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cap_engine::source::{Polled, Position, Progress, Source, SourceError, SourcePartition, SourceRecord};
+use cap_engine::source::{
+    Polled, Position, Progress, Source, SourceError, SourcePartition, SourceRecord,
+};
 
 use crate::clickstream::Event;
 
@@ -35,15 +37,28 @@ impl GeneratorSource {
     /// Never fails: if `config` is invalid after all, opening a partition reports it (as
     /// [`SourceError::Config`]). Use [`try_new`](GeneratorSource::try_new) to fail here.
     pub fn new(name: impl Into<String>, config: GeneratorConfig) -> GeneratorSource {
-        let model = Model::build(&config).map(Arc::new).map_err(|e| e.to_string());
-        GeneratorSource { name: name.into(), config, model }
+        let model = Model::build(&config)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        GeneratorSource {
+            name: name.into(),
+            config,
+            model,
+        }
     }
 
     /// Validates `config` and builds the catalog and incident plan (tens of milliseconds
     /// with the defaults). `name` is the source's name in the job.
-    pub fn try_new(name: impl Into<String>, config: GeneratorConfig) -> Result<GeneratorSource, GeneratorError> {
+    pub fn try_new(
+        name: impl Into<String>,
+        config: GeneratorConfig,
+    ) -> Result<GeneratorSource, GeneratorError> {
         let model = Arc::new(Model::build(&config)?);
-        Ok(GeneratorSource { name: name.into(), config, model: Ok(model) })
+        Ok(GeneratorSource {
+            name: name.into(),
+            config,
+            model: Ok(model),
+        })
     }
 
     /// The configuration.
@@ -52,7 +67,9 @@ impl GeneratorSource {
     }
 
     fn model(&self) -> Result<&Arc<Model>, GeneratorError> {
-        self.model.as_ref().map_err(|e| GeneratorError::Config(e.clone()))
+        self.model
+            .as_ref()
+            .map_err(|e| GeneratorError::Config(e.clone()))
     }
 
     /// The ground truth of the incidents this source injects.
@@ -69,7 +86,11 @@ impl GeneratorSource {
                 model.cfg.partitions
             )));
         }
-        Ok(GeneratorPartition::new(Arc::clone(model), self.name.clone(), index))
+        Ok(GeneratorPartition::new(
+            Arc::clone(model),
+            self.name.clone(),
+            index,
+        ))
     }
 }
 
@@ -79,14 +100,19 @@ impl Source<Event> for GeneratorSource {
     }
 
     fn partitions(&self) -> Vec<String> {
-        (0..self.config.partitions).map(|k| format!("gen-{k}")).collect()
+        (0..self.config.partitions)
+            .map(|k| format!("gen-{k}"))
+            .collect()
     }
 
     fn open(&self, index: usize) -> Result<Box<dyn SourcePartition<Event>>, SourceError> {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         match self.partition(index) {
             Ok(p) => Ok(Box::new(p)),
-            Err(e) => Err(SourceError::Config { source_name: self.name.clone(), reason: e.to_string() }),
+            Err(e) => Err(SourceError::Config {
+                source_name: self.name.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 }
@@ -185,7 +211,11 @@ impl GeneratorPartition {
             return e;
         }
         loop {
-            if self.late.peek().is_some_and(|l| l.release <= self.sim.peek_time()) {
+            if self
+                .late
+                .peek()
+                .is_some_and(|l| l.release <= self.sim.peek_time())
+            {
                 if let Some(l) = self.late.pop() {
                     return self.maybe_duplicate(l.event);
                 }
@@ -193,7 +223,11 @@ impl GeneratorPartition {
             let e = self.sim.next_event();
             if !self.p_late.is_zero() && self.out_rng.hit(self.p_late) {
                 let delay = 1000 + self.out_rng.below(self.lateness_span) as i64;
-                self.late.push(Late { release: e.event_time + delay, seq: self.late_seq, event: e });
+                self.late.push(Late {
+                    release: e.event_time + delay,
+                    seq: self.late_seq,
+                    event: e,
+                });
                 self.late_seq += 1;
                 continue;
             }
@@ -211,7 +245,11 @@ impl GeneratorPartition {
 
     /// Back to position 0, as freshly opened.
     fn reset(&mut self) {
-        *self = GeneratorPartition::new(Arc::clone(&self.model), std::mem::take(&mut self.source_name), self.index);
+        *self = GeneratorPartition::new(
+            Arc::clone(&self.model),
+            std::mem::take(&mut self.source_name),
+            self.index,
+        );
     }
 }
 
@@ -242,7 +280,11 @@ impl SourcePartition<Event> for GeneratorPartition {
         self.emitted
     }
 
-    fn poll(&mut self, budget: usize, out: &mut Vec<SourceRecord<Event>>) -> Result<Polled, SourceError> {
+    fn poll(
+        &mut self,
+        budget: usize,
+        out: &mut Vec<SourceRecord<Event>>,
+    ) -> Result<Polled, SourceError> {
         if self.share.is_some_and(|s| self.emitted >= s) {
             return Ok(Polled::Exhausted);
         }
@@ -262,7 +304,10 @@ impl SourcePartition<Event> for GeneratorPartition {
         while n < budget {
             let position = self.emitted;
             match self.next_event() {
-                Some(event) => out.push(SourceRecord { position, item: Ok(event) }),
+                Some(event) => out.push(SourceRecord {
+                    position,
+                    item: Ok(event),
+                }),
                 None => break,
             }
             n += 1;
@@ -296,6 +341,9 @@ impl SourcePartition<Event> for GeneratorPartition {
     }
 
     fn progress(&self) -> Option<Progress> {
-        Some(Progress { done: self.emitted, total: self.share })
+        Some(Progress {
+            done: self.emitted,
+            total: self.share,
+        })
     }
 }

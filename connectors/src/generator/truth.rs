@@ -111,7 +111,9 @@ impl Plan {
                 let mut plan = None;
                 for _ in 0..3 {
                     let background = n.saturating_sub(injected).max(1);
-                    let horizon = cycle.span_ms(start_ms, cfg.events_per_day, background as f64).max(1000);
+                    let horizon = cycle
+                        .span_ms(start_ms, cfg.events_per_day, background as f64)
+                        .max(1000);
                     let p = Plan::place(cfg, start_ms, horizon, catalog, population);
                     injected = p.injected;
                     plan = Some(p);
@@ -121,10 +123,17 @@ impl Plan {
         }
     }
 
-    fn place(cfg: &GeneratorConfig, start_ms: i64, horizon: i64, catalog: &Catalog, population: &Population) -> Plan {
+    fn place(
+        cfg: &GeneratorConfig,
+        start_ms: i64,
+        horizon: i64,
+        catalog: &Catalog,
+        population: &Population,
+    ) -> Plan {
         let seed = cfg.seed;
         let parts = u64::from(cfg.partitions);
-        let place_at = |h: u64| start_ms + floor_sec((horizon as f64 * (0.1 + 0.75 * unit(h))) as i64);
+        let place_at =
+            |h: u64| start_ms + floor_sec((horizon as f64 * (0.1 + 0.75 * unit(h))) as i64);
         let cap = |len: u64| floor_sec((len as i64).min(horizon / 10)).max(1000);
 
         let mut bots = Vec::with_capacity(cfg.bots as usize);
@@ -189,15 +198,23 @@ impl Plan {
                 burst: b,
                 start_ms: start,
                 end_ms: start + ddos_len,
-                first_user_index: cfg.users + u64::from(cfg.bots) + u64::from(b) * u64::from(cfg.ddos_ips),
+                first_user_index: cfg.users
+                    + u64::from(cfg.bots)
+                    + u64::from(b) * u64::from(cfg.ddos_ips),
                 ips,
                 ip_country,
                 targets,
                 events: cfg.ddos_events,
             });
         }
-        let injected = bots.iter().map(|b| b.events).sum::<u64>() + ddos.iter().map(|d| d.events).sum::<u64>();
-        Plan { horizon_ms: horizon, bots, ddos, injected }
+        let injected =
+            bots.iter().map(|b| b.events).sum::<u64>() + ddos.iter().map(|d| d.events).sum::<u64>();
+        Plan {
+            horizon_ms: horizon,
+            bots,
+            ddos,
+            injected,
+        }
     }
 }
 
@@ -282,7 +299,11 @@ impl GroundTruth {
                     window_start_ms: d.start_ms,
                     window_end_ms: d.end_ms,
                     ips: d.ips.len(),
-                    target_products: d.targets.iter().map(|&p| model.catalog.products[p as usize].id).collect(),
+                    target_products: d
+                        .targets
+                        .iter()
+                        .map(|&p| model.catalog.products[p as usize].id)
+                        .collect(),
                     events: d.events,
                     first_user_id: user_id(d.first_user_index),
                 })

@@ -41,7 +41,10 @@ pub(crate) struct Population {
 impl Population {
     pub(crate) fn new() -> Population {
         let cw: Vec<f64> = profile::COUNTRIES.iter().map(|c| c.1).collect();
-        Population { country_cdf: Cdf::new(&cw), channel_cdf: Cdf::new(&profile::CHANNEL_WEIGHTS) }
+        Population {
+            country_cdf: Cdf::new(&cw),
+            channel_cdf: Cdf::new(&profile::CHANNEL_WEIGHTS),
+        }
     }
 
     /// The profile of user `index`.
@@ -59,7 +62,14 @@ impl Population {
         let country = self.country_cdf.sample(&mut r) as u8;
         let home_ip = self.random_ip(country, &mut r);
         let channel = self.channel(&mut r);
-        UserProfile { favourites, n_favourites: n as u8, country, home_ip, channel, device: r.below(256) as u8 }
+        UserProfile {
+            favourites,
+            n_favourites: n as u8,
+            country,
+            home_ip,
+            channel,
+            device: r.below(256) as u8,
+        }
     }
 
     /// A random channel by the profile's weights.
@@ -80,7 +90,12 @@ impl Population {
     pub(crate) fn random_ip(&self, country: u8, r: &mut Rng) -> [u8; 4] {
         let firsts = profile::COUNTRIES[country as usize].2;
         let x = r.next_u64();
-        [firsts[(x % firsts.len() as u64) as usize], (x >> 16) as u8, (x >> 24) as u8, 1 + ((x >> 32) % 254) as u8]
+        [
+            firsts[(x % firsts.len() as u64) as usize],
+            (x >> 16) as u8,
+            (x >> 24) as u8,
+            1 + ((x >> 32) % 254) as u8,
+        ]
     }
 }
 
@@ -150,7 +165,9 @@ impl UserSampler {
     /// (`users >= partitions`).
     pub(crate) fn new(seed: u64, users: u64, partitions: u64, partition: u64) -> UserSampler {
         let local = users / partitions + u64::from(partition < users % partitions);
-        let total: f64 = (0..local).map(|r| 1.0 / (r as f64 + profile::USER_ZIPF_OFFSET)).sum();
+        let total: f64 = (0..local)
+            .map(|r| 1.0 / (r as f64 + profile::USER_ZIPF_OFFSET))
+            .sum();
         let mut bounds = Vec::with_capacity(BUCKETS + 1);
         bounds.push(0);
         let mut cum = 0.0;
@@ -170,7 +187,14 @@ impl UserSampler {
             mult += 2;
         }
         let add = hash(&[seed, tag::USER_PERM, partition]) % local.max(1);
-        UserSampler { partition, partitions, local, bounds, mult: mult % local.max(1), add }
+        UserSampler {
+            partition,
+            partitions,
+            local,
+            bounds,
+            mult: mult % local.max(1),
+            add,
+        }
     }
 
     /// A user index of this partition, drawn by activity.

@@ -105,8 +105,15 @@ impl Sink {
     }
 }
 
-fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> GeneratorError + 'a {
-    move |source| GeneratorError::Io { path: path.to_path_buf(), what, source }
+fn io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> GeneratorError + 'a {
+    move |source| GeneratorError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
 }
 
 /// Generates the bounded data set of `cfg` into `opts.path` (and its ground truth beside
@@ -114,7 +121,11 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error)
 ///
 /// Fails with [`GeneratorError::Unbounded`] when `cfg.events` is `None`, and names the
 /// path on any I/O error. Gzip uses the default compression level.
-pub fn write_dataset(cfg: &GeneratorConfig, opts: &WriteOptions, progress: bool) -> Result<WriteReport, GeneratorError> {
+pub fn write_dataset(
+    cfg: &GeneratorConfig,
+    opts: &WriteOptions,
+    progress: bool,
+) -> Result<WriteReport, GeneratorError> {
     let started = Instant::now();
     let total = cfg.events.ok_or(GeneratorError::Unbounded)?;
     let mut cfg = cfg.clone();
@@ -123,15 +134,31 @@ pub fn write_dataset(cfg: &GeneratorConfig, opts: &WriteOptions, progress: bool)
 
     if let Some(truth_path) = &opts.ground_truth {
         let truth = source.ground_truth()?;
-        let json = serde_json::to_vec_pretty(&truth).map_err(std::io::Error::other).map_err(io_err(truth_path, "cannot encode the ground truth"))?;
-        std::fs::write(truth_path, json).map_err(io_err(truth_path, "cannot write the ground truth"))?;
+        let json = serde_json::to_vec_pretty(&truth)
+            .map_err(std::io::Error::other)
+            .map_err(io_err(truth_path, "cannot encode the ground truth"))?;
+        std::fs::write(truth_path, json)
+            .map_err(io_err(truth_path, "cannot write the ground truth"))?;
     }
 
     let path = &opts.path;
-    let gzip = opts.gzip || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    let gzip = opts.gzip
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
     let file = File::create(path).map_err(io_err(path, "cannot create the file"))?;
-    let out = BufWriter::with_capacity(1 << 20, Counting { inner: file, bytes: 0 });
-    let mut sink = if gzip { Sink::Gzip(GzEncoder::new(out, Compression::default())) } else { Sink::Plain(out) };
+    let out = BufWriter::with_capacity(
+        1 << 20,
+        Counting {
+            inner: file,
+            bytes: 0,
+        },
+    );
+    let mut sink = if gzip {
+        Sink::Gzip(GzEncoder::new(out, Compression::default()))
+    } else {
+        Sink::Plain(out)
+    };
 
     let bar = if progress {
         let bar = ProgressBar::new(total);
@@ -147,7 +174,14 @@ pub fn write_dataset(cfg: &GeneratorConfig, opts: &WriteOptions, progress: bool)
 
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     if opts.format == OutputFormat::Csv {
-        buf.extend_from_slice(if cfg.extensions { CSV_HEADER_EXTENDED } else { CSV_HEADER }.as_bytes());
+        buf.extend_from_slice(
+            if cfg.extensions {
+                CSV_HEADER_EXTENDED
+            } else {
+                CSV_HEADER
+            }
+            .as_bytes(),
+        );
         buf.push(b'\n');
     }
     let mut uncompressed = 0u64;
@@ -188,8 +222,15 @@ pub fn write_dataset(cfg: &GeneratorConfig, opts: &WriteOptions, progress: bool)
     }
     sink.write_all(&buf).map_err(io_err(path, "write failed"))?;
     uncompressed += buf.len() as u64;
-    let bytes = sink.finish().map_err(io_err(path, "cannot finish the file"))?;
+    let bytes = sink
+        .finish()
+        .map_err(io_err(path, "cannot finish the file"))?;
     bar.set_position(events);
     bar.finish();
-    Ok(WriteReport { events, bytes, uncompressed_bytes: uncompressed, seconds: started.elapsed().as_secs_f64() })
+    Ok(WriteReport {
+        events,
+        bytes,
+        uncompressed_bytes: uncompressed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

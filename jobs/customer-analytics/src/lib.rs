@@ -60,7 +60,12 @@ pub struct Click {
 
 impl From<&Event> for Click {
     fn from(e: &Event) -> Click {
-        Click { time: e.event_time, user: e.user_id, session: e.user_session.clone(), kind: e.event_type }
+        Click {
+            time: e.event_time,
+            user: e.user_id,
+            session: e.user_session.clone(),
+            kind: e.event_type,
+        }
     }
 }
 
@@ -109,27 +114,45 @@ impl Job for CustomerAnalytics {
         let clicks = input.records.map(|e| Click::from(&e));
 
         // daily_visitors
-        let events_per_day = pre_aggregate(clicks.clone().map(|c| day_of(c.time)), "events_per_day")
-            .count()
-            .map(|(day, n)| (day, (DailyMetric::Events, n as u64)));
-        let visitors = distinct_count(pre_aggregate(clicks.clone().map(|c| (day_of(c.time), c.user)), "day_user"))
-            .map(|(day, n)| (day, (DailyMetric::Visitors, n)));
-        let session_days = pre_aggregate(clicks.clone().flat_map(|c| c.session.map(|s| (day_of(c.time), s))), "day_session");
-        let sessions = distinct_count(session_days).map(|(day, n)| (day, (DailyMetric::Sessions, n)));
-        let daily = events_per_day.concat(visitors).concat(sessions).reduce_named("DailyVisitors", |day: &Day, input, output| {
-            let mut row = DailyVisitorsRow { day: UtcDay(*day), visitors: 0, sessions: 0, events: 0 };
-            for ((metric, n), diff) in input {
-                if *diff <= 0 {
-                    continue;
+        let events_per_day =
+            pre_aggregate(clicks.clone().map(|c| day_of(c.time)), "events_per_day")
+                .count()
+                .map(|(day, n)| (day, (DailyMetric::Events, n as u64)));
+        let visitors = distinct_count(pre_aggregate(
+            clicks.clone().map(|c| (day_of(c.time), c.user)),
+            "day_user",
+        ))
+        .map(|(day, n)| (day, (DailyMetric::Visitors, n)));
+        let session_days = pre_aggregate(
+            clicks
+                .clone()
+                .flat_map(|c| c.session.map(|s| (day_of(c.time), s))),
+            "day_session",
+        );
+        let sessions =
+            distinct_count(session_days).map(|(day, n)| (day, (DailyMetric::Sessions, n)));
+        let daily = events_per_day
+            .concat(visitors)
+            .concat(sessions)
+            .reduce_named("DailyVisitors", |day: &Day, input, output| {
+                let mut row = DailyVisitorsRow {
+                    day: UtcDay(*day),
+                    visitors: 0,
+                    sessions: 0,
+                    events: 0,
+                };
+                for ((metric, n), diff) in input {
+                    if *diff <= 0 {
+                        continue;
+                    }
+                    match metric {
+                        DailyMetric::Events => row.events = *n,
+                        DailyMetric::Visitors => row.visitors = *n,
+                        DailyMetric::Sessions => row.sessions = *n,
+                    }
                 }
-                match metric {
-                    DailyMetric::Events => row.events = *n,
-                    DailyMetric::Visitors => row.visitors = *n,
-                    DailyMetric::Sessions => row.sessions = *n,
-                }
-            }
-            output.push((row, 1isize));
-        });
+                output.push((row, 1isize));
+            });
         df.sink("daily_visitors", daily.map(|(_day, row)| row))?;
 
         // session_funnel_daily
@@ -144,24 +167,43 @@ impl Job for CustomerAnalytics {
         let funnel = funnel_step_counts(progress, day_bucket)
             .map(|((day, step), n)| (day, (step, n)))
             .reduce_named("FunnelDaily", |day: &Day, input, output| {
-                let first = input.iter().find(|((s, _), d)| *s == 1 && *d > 0).map(|((_, n), _)| *n).unwrap_or(0);
+                let first = input
+                    .iter()
+                    .find(|((s, _), d)| *s == 1 && *d > 0)
+                    .map(|((_, n), _)| *n)
+                    .unwrap_or(0);
                 for ((step, n), diff) in input {
                     if *diff > 0 {
-                        output.push((FunnelRow { day: UtcDay(*day), step: *step, sessions: *n, step1_sessions: first }, 1isize));
+                        output.push((
+                            FunnelRow {
+                                day: UtcDay(*day),
+                                step: *step,
+                                sessions: *n,
+                                step1_sessions: first,
+                            },
+                            1isize,
+                        ));
                     }
                 }
             });
         df.sink("session_funnel_daily", funnel.map(|(_day, row)| row))?;
 
         // dead_letters
-        df.sink("dead_letters", input.dead_letters.map(|d| DeadLetterRow::from(&d)))?;
+        df.sink(
+            "dead_letters",
+            input.dead_letters.map(|d| DeadLetterRow::from(&d)),
+        )?;
         Ok(())
     }
 }
 
 /// Serializes a ratio `num / den` as a JSON number (0 when `den` is 0), rounded to 6 decimals.
 pub fn ratio<S: Serializer>(num: u64, den: u64, s: S) -> Result<S::Ok, S::Error> {
-    let r = if den == 0 { 0.0 } else { num as f64 / den as f64 };
+    let r = if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    };
     s.serialize_f64((r * 1e6).round() / 1e6)
 }
 

@@ -39,7 +39,7 @@ pub const STEP_NAMES: [&str; 3] = ["view", "cart", "purchase"];
 
 /// `session_funnel_daily`: per day (of the session's first event) and step, the sessions
 /// that reached at least that step.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FunnelRow {
     /// Day of the sessions' first event.
     pub day: UtcDay,
@@ -51,12 +51,38 @@ pub struct FunnelRow {
     pub step1_sessions: u64,
 }
 
+/// The wire form of [`FunnelRow`] between workers.
+#[derive(Serialize, Deserialize)]
+struct FunnelWire {
+    day: UtcDay,
+    step: u8,
+    sessions: u64,
+    step1_sessions: u64,
+}
+
+/// Human-readable formats (JSON output) get the contract's columns, `step_name` and
+/// `conversion` included; binary formats (bincode between workers) get the four fields.
 impl Serialize for FunnelRow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return FunnelWire {
+                day: self.day,
+                step: self.step,
+                sessions: self.sessions,
+                step1_sessions: self.step1_sessions,
+            }
+            .serialize(s);
+        }
         let mut st = s.serialize_struct("FunnelRow", 5)?;
         st.serialize_field("day", &self.day)?;
         st.serialize_field("step", &self.step)?;
-        st.serialize_field("step_name", STEP_NAMES.get(usize::from(self.step).wrapping_sub(1)).copied().unwrap_or("?"))?;
+        st.serialize_field(
+            "step_name",
+            STEP_NAMES
+                .get(usize::from(self.step).wrapping_sub(1))
+                .copied()
+                .unwrap_or("?"),
+        )?;
         st.serialize_field("sessions", &self.sessions)?;
         struct Ratio(u64, u64);
         impl Serialize for Ratio {
@@ -66,6 +92,18 @@ impl Serialize for FunnelRow {
         }
         st.serialize_field("conversion", &Ratio(self.sessions, self.step1_sessions))?;
         st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FunnelRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FunnelRow, D::Error> {
+        let w = FunnelWire::deserialize(d)?;
+        Ok(FunnelRow {
+            day: w.day,
+            step: w.step,
+            sessions: w.sessions,
+            step1_sessions: w.step1_sessions,
+        })
     }
 }
 
@@ -81,7 +119,10 @@ pub struct DayStepKey {
 impl TableRow for FunnelRow {
     type Key = DayStepKey;
     fn key(&self) -> DayStepKey {
-        DayStepKey { day: self.day, step: self.step }
+        DayStepKey {
+            day: self.day,
+            step: self.step,
+        }
     }
 }
 
@@ -124,6 +165,58 @@ pub struct SourcePositionKey {
 impl TableRow for DeadLetterRow {
     type Key = SourcePositionKey;
     fn key(&self) -> SourcePositionKey {
-        SourcePositionKey { source: self.source.clone(), position: self.position }
+        SourcePositionKey {
+            source: self.source.clone(),
+            position: self.position,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a row whose JSON form differs from its wire form must still round-trip
+    /// through bincode, or rows exchanged between processes arrive as garbage.
+    #[test]
+    fn rows_round_trip_through_the_wire_format() -> anyhow::Result<()> {
+        let day = UtcDay(cap_engine::time::days_from_civil(2019, 11, 3));
+        let f = FunnelRow {
+            day,
+            step: 2,
+            sessions: 40,
+            step1_sessions: 100,
+        };
+        assert_eq!(
+            bincode::deserialize::<FunnelRow>(&bincode::serialize(&f)?)?,
+            f
+        );
+        let json: serde_json::Value = serde_json::to_value(&f)?;
+        assert_eq!(
+            json,
+            serde_json::json!({"day": "2019-11-03", "step": 2, "step_name": "cart", "sessions": 40, "conversion": 0.4})
+        );
+        let v = DailyVisitorsRow {
+            day,
+            visitors: 1,
+            sessions: 2,
+            events: 3,
+        };
+        assert_eq!(
+            bincode::deserialize::<DailyVisitorsRow>(&bincode::serialize(&v)?)?,
+            v
+        );
+        let d = DeadLetterRow {
+            source: "s:f".into(),
+            position: 7,
+            reason: "bad".into(),
+            raw: "x".into(),
+            truncated: false,
+        };
+        assert_eq!(
+            bincode::deserialize::<DeadLetterRow>(&bincode::serialize(&d)?)?,
+            d
+        );
+        Ok(())
     }
 }
