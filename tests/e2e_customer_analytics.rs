@@ -195,3 +195,62 @@ fn bad_configuration_fails_at_start_naming_the_key() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn sigint_completes_the_open_epoch_and_flushes_every_output() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let bin = cap_tests::job_binary()?;
+    // Unbounded generator, rate-limited so the run is still going when the signal arrives.
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "run",
+            "-o",
+            out.to_str().context("path")?,
+            "--no-console",
+            "--epoch-ms",
+            "100",
+            "--set",
+            "sources.clickstream.rate=200000",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let changelog = out.join("daily_visitors.changelog.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::metadata(&changelog)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true)
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no output within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -INT failed");
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "the job should exit 0 after SIGINT: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&output.stderr).contains("stopped=true"),
+        "the run should report it was stopped"
+    );
+    for table in ["daily_visitors", "session_funnel_daily"] {
+        let folded: Vec<_> = fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
+            .into_values()
+            .collect();
+        let snapshot = read_jsonl(&out.join(format!("{table}.jsonl")))?;
+        ensure!(!snapshot.is_empty(), "{table}: empty snapshot after stop");
+        ensure!(
+            folded == snapshot,
+            "{table}: the final snapshot does not match the changelog"
+        );
+    }
+    Ok(())
+}

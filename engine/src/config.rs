@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub epoch_records: u64,
     /// Close an epoch after this many milliseconds (0: no time limit).
     pub epoch_ms: u64,
+    /// Epochs a worker may read ahead of its completed outputs (backpressure), at least 1.
+    pub max_epochs_in_flight: u64,
     /// Stop after this many records per source in all (split over partitions); none: run until
     /// the sources end or a stop signal.
     pub max_events: Option<u64>,
@@ -100,6 +102,7 @@ impl Default for EngineConfig {
             hostfile: None,
             epoch_records: 100_000,
             epoch_ms: 1000,
+            max_epochs_in_flight: 2,
             max_events: None,
             metrics_addr: None,
             log_level: "info".into(),
@@ -140,6 +143,9 @@ impl EngineConfig {
                 "epoch_records",
                 "and engine.epoch_ms are both 0: epochs would never close",
             );
+        }
+        if self.max_epochs_in_flight == 0 {
+            return bad("max_epochs_in_flight", "must be at least 1");
         }
         if self.console_interval_ms == 0 {
             return bad("console_interval_ms", "must be at least 1");

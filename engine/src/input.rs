@@ -15,6 +15,10 @@
 //! to which the epoch covers its input ([`EpochPositions`], appended to the epoch log) and
 //! downgrades its capability to the next epoch. Event time is data; it never drives epochs.
 //!
+//! Backpressure: a worker does not read input for epoch `e` while its outputs have not
+//! completed epoch `e - engine.max_epochs_in_flight`, so a fast source cannot run ahead of a
+//! slow downstream operator (or a slower worker) and queue unbounded work.
+//!
 //! A graceful stop (SIGINT/SIGTERM) closes the current epoch, records its positions and
 //! drops the capabilities; downstream operators then complete and sinks flush.
 
@@ -182,6 +186,11 @@ struct OwnedPartition<T> {
 
 /// Everything the source operator needs, bundled.
 pub struct SourceSpec<T> {
+    /// The probe of every output: the source pauses while it is more than
+    /// `max_epochs_in_flight` epochs ahead of it (backpressure).
+    pub outputs: timely::dataflow::operators::probe::Handle<u64>,
+    /// Epochs a worker may read ahead of its completed outputs.
+    pub max_epochs_in_flight: u64,
     /// The configured source.
     pub source: Arc<dyn Source<T>>,
     /// Total records to read over all partitions (split by partition), if limited.
@@ -235,6 +244,8 @@ pub fn source_operator<'s, T: ExchangeData>(
         timely::container::CapacityContainerBuilder<Vec<(DeadLetter, u64, isize)>>,
     > = OutputBuilder::from(out_err);
     let metrics = spec.metrics;
+    let outputs = spec.outputs;
+    let max_in_flight = spec.max_epochs_in_flight.max(1);
 
     builder.build(move |mut caps| {
         let mut caps = {
@@ -276,6 +287,13 @@ pub fn source_operator<'s, T: ExchangeData>(
                 cap_err.downgrade(&next);
             }
             let epoch = *cap_ok.time();
+
+            // Backpressure: do not read further ahead of the outputs than allowed; reading
+            // on would only queue work and stretch every epoch's latency.
+            if outputs.less_than(&epoch.saturating_sub(max_in_flight)) {
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
 
             // Read a bounded batch from the owned partitions, round robin.
             let mut read_any = false;

@@ -170,6 +170,8 @@ impl<'s> Dataflow<'s> {
         }
         let source = open(name, &table)?;
         let spec = SourceSpec {
+            outputs: self.probe.clone(),
+            max_epochs_in_flight: self.engine.max_epochs_in_flight,
             source,
             limit: self.engine.max_events,
             metrics: SourceMetrics::new(&self.registry, name, self.scope.index()),

@@ -13,6 +13,8 @@
 //! Memory: one hash map entry per distinct record per open time (bounded by an epoch).
 
 use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::FixedState;
 use std::hash::Hash;
 
 use differential_dataflow::difference::Semigroup;
@@ -33,7 +35,9 @@ where
     D: Clone + Eq + Hash + 'static,
     R: Semigroup + Clone + 'static,
 {
-    let mut pending: BTreeMap<T, (Capability<T>, HashMap<D, R>)> = BTreeMap::new();
+    // foldhash rather than SipHash: keys are not attacker-chosen here and hashing is the
+    // operator's main cost (measured: SipHash was ~7% of the pipeline's cycles).
+    let mut pending: BTreeMap<T, (Capability<T>, HashMap<D, R, FixedState>)> = BTreeMap::new();
     collection
         .inner
         .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(D, T, R)>>, _, _, _>(
@@ -50,9 +54,9 @@ where
                                         continue;
                                     };
                                     let c = c.delayed(&t);
-                                    pending
-                                        .entry(t.clone())
-                                        .or_insert_with(|| (c, HashMap::new()))
+                                    pending.entry(t.clone()).or_insert_with(|| {
+                                        (c, HashMap::with_hasher(FixedState::default()))
+                                    })
                                 }
                             };
                             match entry.1.get_mut(&d) {
