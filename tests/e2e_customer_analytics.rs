@@ -202,7 +202,7 @@ fn sigint_completes_the_open_epoch_and_flushes_every_output() -> Result<()> {
     let out = dir.path().join("out");
     let bin = cap_tests::job_binary()?;
     // Unbounded generator, rate-limited so the run is still going when the signal arrives.
-    let mut child = std::process::Command::new(bin)
+    let child = std::process::Command::new(bin)
         .args([
             "run",
             "-o",

@@ -155,7 +155,7 @@ impl EngineConfig {
 }
 
 /// Sink binding: the `[sinks]` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
     /// Default sink for every table.
@@ -163,15 +163,6 @@ pub struct SinksConfig {
     pub default: SinkConfig,
     /// Per-table overrides, by table name.
     pub tables: BTreeMap<String, SinkConfig>,
-}
-
-impl Default for SinksConfig {
-    fn default() -> Self {
-        SinksConfig {
-            default: SinkConfig::default(),
-            tables: BTreeMap::new(),
-        }
-    }
 }
 
 impl SinksConfig {

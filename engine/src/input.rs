@@ -233,16 +233,12 @@ pub fn source_operator<'s, T: ExchangeData>(
     let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address);
-    let (out_ok, stream_ok) = builder.new_output::<Vec<(T, u64, isize)>>();
-    let (out_err, stream_err) = builder.new_output::<Vec<(DeadLetter, u64, isize)>>();
-    let mut out_ok: OutputBuilder<
-        u64,
-        timely::container::CapacityContainerBuilder<Vec<(T, u64, isize)>>,
-    > = OutputBuilder::from(out_ok);
-    let mut out_err: OutputBuilder<
-        u64,
-        timely::container::CapacityContainerBuilder<Vec<(DeadLetter, u64, isize)>>,
-    > = OutputBuilder::from(out_err);
+    type Updates<D> = Vec<(D, u64, isize)>;
+    type Builder<D> = timely::container::CapacityContainerBuilder<Updates<D>>;
+    let (out_ok, stream_ok) = builder.new_output::<Updates<T>>();
+    let (out_err, stream_err) = builder.new_output::<Updates<DeadLetter>>();
+    let mut out_ok: OutputBuilder<u64, Builder<T>> = OutputBuilder::from(out_ok);
+    let mut out_err: OutputBuilder<u64, Builder<DeadLetter>> = OutputBuilder::from(out_err);
     let metrics = spec.metrics;
     let outputs = spec.outputs;
     let max_in_flight = spec.max_epochs_in_flight.max(1);
@@ -358,9 +354,7 @@ pub fn source_operator<'s, T: ExchangeData>(
             cursor = cursor.wrapping_add(1);
             clock.maybe_close();
 
-            if read_any {
-                activator.activate();
-            } else if owned.iter().all(|p| p.done) || clock.stopping() || clock.current() != epoch {
+            if read_any || owned.iter().all(|p| p.done) || clock.stopping() || clock.current() != epoch {
                 activator.activate();
             } else {
                 activator.activate_after(clock.time_left().min(Duration::from_millis(5)));

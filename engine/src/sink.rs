@@ -214,25 +214,35 @@ fn to_changes<R: TableRow>(
             entry.1 = true; // a retraction: the key may be leaving
         }
     }
+    let to_json = |what: &str, value: &dyn erased::Json| -> String {
+        if !serialize {
+            return String::new();
+        }
+        value.json().unwrap_or_else(|e| {
+            tracing::error!(table, what, error = %e, "cannot serialize an output value; it is written as null");
+            "null".to_owned()
+        })
+    };
     let mut out = Vec::with_capacity(by_key.len());
     for (key, (row, _retracted)) in by_key {
-        let key_json = if serialize {
-            serde_json::to_string(&key).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let row_json = match row {
-            Some(r) => Some(if serialize {
-                serde_json::to_string(&r).unwrap_or_default()
-            } else {
-                String::new()
-            }),
-            None => None,
-        };
+        let key_json = to_json("key", &key);
+        let row_json = row.map(|r| to_json("row", &r));
         out.push(Change {
             key: key_json,
             row: row_json,
         });
     }
     out
+}
+
+mod erased {
+    /// Object-safe JSON serialization, so one closure serializes keys and rows.
+    pub trait Json {
+        fn json(&self) -> serde_json::Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Result<String> {
+            serde_json::to_string(self)
+        }
+    }
 }

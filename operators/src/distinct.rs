@@ -54,7 +54,7 @@ mod tests {
             let updates =
                 random_updates(&mut rng, 600, 8, |r| (r.below(6) as u8, r.below(12) as u8));
             for workers in [1, 3] {
-                let out = run_on_workers(workers, updates.clone(), |c| distinct_count(c));
+                let out = run_on_workers(workers, updates.clone(), distinct_count);
                 for epoch in 0..=8u64 {
                     let expected = oracle(&accumulate_at(&updates, epoch));
                     let actual = accumulate_at(&out, epoch);
