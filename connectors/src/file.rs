@@ -524,3 +524,177 @@ impl SourcePartition<Event> for FilePartition {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clickstream::encode::{write_csv, CSV_HEADER_EXTENDED};
+    use std::io::Write;
+
+    const HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
+
+    fn config(path: &Path) -> FileSourceConfig {
+        FileSourceConfig {
+            kind: "file".into(),
+            path: path.to_owned(),
+            format: None,
+            pace: None,
+            progress: Some(false),
+            min_year: 2000,
+            max_year: 2099,
+        }
+    }
+
+    fn read_all(source: &FileSource, index: usize) -> anyhow::Result<Vec<SourceRecord<Event>>> {
+        let mut part = source.open(index)?;
+        let mut out = Vec::new();
+        while part.poll(3, &mut out)? != Polled::Exhausted {}
+        Ok(out)
+    }
+
+    fn sample_csv() -> String {
+        format!(
+            "{HEADER}\n\
+             2019-11-01 00:00:00 UTC,view,1003461,2053013555631882655,electronics.smartphone,xiaomi,489.07,520088904,4d3b30da-a5e4-49df-b1a8-ba5943f1dd33\n\
+             \n\
+             2019-11-01 00:00:01 UTC,cart,17302664,2053013553853497655,,creed,28.31,561587266,755422e7-9040-477b-9bd2-6a6e8fd97387\n\
+             2019-11-01 00:00:02 UTC,click,1,2,,,1.00,3,s\n\
+             2019-11-01 00:00:03 UTC,purchase,17302664,2053013553853497655,,creed,28.31,561587266,\n"
+        )
+    }
+
+    #[test]
+    fn csv_lines_become_events_and_dead_letters_at_their_line_numbers() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("events.csv");
+        std::fs::write(&path, sample_csv())?;
+        let source = FileSource::new("clickstream", config(&path))?;
+        assert_eq!(source.partitions(), vec![path.display().to_string()]);
+        let recs = read_all(&source, 0)?;
+        let positions: Vec<u64> = recs.iter().map(|r| r.position).collect();
+        assert_eq!(positions, vec![2, 4, 5, 6], "blank line 3 skipped, header is line 1");
+        assert!(recs[0].item.is_ok() && recs[1].item.is_ok() && recs[3].item.is_ok());
+        let dead = recs[2].item.as_ref().err().ok_or_else(|| anyhow::anyhow!("line 5 should be a dead letter"))?;
+        assert_eq!(dead.position, 5);
+        assert!(dead.reason.contains("line 5") && dead.reason.contains("event_type"), "{}", dead.reason);
+        assert!(dead.source.starts_with("clickstream:"), "{}", dead.source);
+        assert_eq!(dead.raw, b"2019-11-01 00:00:02 UTC,click,1,2,,,1.00,3,s");
+        Ok(())
+    }
+
+    #[test]
+    fn gzip_and_json_read_the_same_events() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let plain = dir.path().join("a.csv");
+        std::fs::write(&plain, sample_csv())?;
+        let gz = dir.path().join("a.csv.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::fast());
+        enc.write_all(sample_csv().as_bytes())?;
+        enc.finish()?;
+        let a: Vec<_> = read_all(&FileSource::new("s", config(&plain))?, 0)?.into_iter().filter_map(|r| r.item.ok()).collect();
+        let b: Vec<_> = read_all(&FileSource::new("s", config(&gz))?, 0)?.into_iter().filter_map(|r| r.item.ok()).collect();
+        assert_eq!(a, b);
+        let json = dir.path().join("a.jsonl");
+        let mut text = Vec::new();
+        for e in &a {
+            crate::clickstream::encode::write_json(e, &mut text);
+        }
+        std::fs::write(&json, text)?;
+        let c: Vec<_> = read_all(&FileSource::new("s", config(&json))?, 0)?.into_iter().filter_map(|r| r.item.ok()).collect();
+        assert_eq!(a, c);
+        Ok(())
+    }
+
+    #[test]
+    fn quoted_line_breaks_stay_in_one_record() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("ext.csv");
+        let mut text = format!("{CSV_HEADER_EXTENDED}\n").into_bytes();
+        let mut event = read_all(&FileSource::new("s", config(&{
+            let p = dir.path().join("one.csv");
+            std::fs::write(&p, sample_csv())?;
+            p
+        }))?, 0)?
+        .remove(0)
+        .item
+        .map_err(|d| anyhow::anyhow!(d.reason))?;
+        event.user_agent = Some("Mozilla/5.0\n(multi, \"line\")".into());
+        write_csv(&event, true, &mut text);
+        write_csv(&event, true, &mut text);
+        std::fs::write(&path, text)?;
+        let recs = read_all(&FileSource::new("s", config(&path))?, 0)?;
+        assert_eq!(recs.iter().map(|r| r.position).collect::<Vec<_>>(), vec![2, 4]);
+        for r in recs {
+            assert_eq!(r.item.map_err(|d| anyhow::anyhow!(d.reason))?, event);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn seek_resumes_at_the_recorded_position() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("events.csv");
+        std::fs::write(&path, sample_csv())?;
+        let source = FileSource::new("clickstream", config(&path))?;
+        let all = read_all(&source, 0)?;
+        for skip in 0..all.len() {
+            let mut part = source.open(0)?;
+            part.seek(all[skip].position)?;
+            let mut out = Vec::new();
+            while part.poll(2, &mut out)? != Polled::Exhausted {}
+            let got: Vec<u64> = out.iter().map(|r| r.position).collect();
+            let want: Vec<u64> = all[skip..].iter().map(|r| r.position).collect();
+            assert_eq!(got, want, "seek to {}", all[skip].position);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn pacing_holds_records_until_their_event_time_is_due() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("events.csv");
+        // Two events an hour apart: at 1x speed the second is not due during the test.
+        std::fs::write(
+            &path,
+            format!("{HEADER}\n2019-11-01 00:00:00 UTC,view,1,2,,,1.00,3,s\n2019-11-01 01:00:00 UTC,view,1,2,,,1.00,3,s\n"),
+        )?;
+        let mut cfg = config(&path);
+        cfg.pace = Some(1.0);
+        let mut part = FileSource::new("s", cfg)?.open(0)?;
+        let mut out = Vec::new();
+        assert_eq!(part.poll(10, &mut out)?, Polled::Records(1));
+        assert_eq!(part.poll(10, &mut out)?, Polled::Idle);
+        assert_eq!(part.position(), 3, "the held record is still the next position");
+        Ok(())
+    }
+
+    #[test]
+    fn configuration_errors_name_the_key_or_column() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let odd = dir.path().join("events.txt");
+        std::fs::write(&odd, "x")?;
+        let err = FileSource::new("clickstream", config(&odd)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("sources.clickstream.format"), "{err}");
+        let missing = FileSource::new("clickstream", config(&dir.path().join("nope.csv"))).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(missing.contains("sources.clickstream.path"), "{missing}");
+        let bad_header = dir.path().join("bad.csv");
+        std::fs::write(&bad_header, "event_time,event_type\n2019-11-01 00:00:00 UTC,view\n")?;
+        let mut part = FileSource::new("clickstream", config(&bad_header))?.open(0)?;
+        let err = part.poll(10, &mut Vec::new()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("product_id"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_directory_is_one_partition_per_file_in_name_order() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for name in ["b.csv", "a.csv", ".hidden.csv"] {
+            std::fs::write(dir.path().join(name), sample_csv())?;
+        }
+        let source = FileSource::new("s", config(dir.path()))?;
+        let labels = source.partitions();
+        assert_eq!(labels.len(), 2);
+        assert!(labels[0].ends_with("a.csv") && labels[1].ends_with("b.csv"), "{labels:?}");
+        Ok(())
+    }
+}
