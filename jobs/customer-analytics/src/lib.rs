@@ -28,6 +28,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub mod rows;
 
+/// The job-author guide (`docs/job-author-guide.md`); its code is compiled as a doctest.
+#[doc = include_str!("../../../docs/job-author-guide.md")]
+pub mod guide {}
+
 pub use rows::{DailyVisitorsRow, DeadLetterRow, FunnelRow};
 
 /// The job's own settings (`[job]`). None yet; unknown keys are rejected.
