@@ -957,38 +957,4 @@ mod tests {
         );
     }
 
-    /// Throughput check, run by hand (not a timed test):
-    /// `cargo test -p cap-connectors --release --lib -- --ignored --nocapture decode_throughput`
-    #[test]
-    #[ignore]
-    fn decode_throughput_json() {
-        let mut rng = XorShift(42);
-        let mut buf = Vec::new();
-        let mut ends = Vec::new();
-        const N: usize = 1_000_000;
-        for _ in 0..N {
-            write_json(&random_event(&mut rng, false), &mut buf);
-            ends.push(buf.len());
-        }
-        let d = decoder();
-        let start = std::time::Instant::now();
-        let mut ok = 0usize;
-        let mut checksum = 0u64;
-        let mut from = 0;
-        for &to in &ends {
-            if let Ok(e) = d.decode(&buf[from..to]) {
-                ok += 1;
-                checksum = checksum.wrapping_add(e.user_id);
-            }
-            from = to;
-        }
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(ok, N);
-        println!(
-            "JSON decode (REES46 fields): {N} records, {:.1} MB in {secs:.3}s = {:.2}M records/s, {:.0} MB/s (checksum {checksum})",
-            buf.len() as f64 / 1e6,
-            N as f64 / secs / 1e6,
-            buf.len() as f64 / secs / 1e6
-        );
-    }
 }

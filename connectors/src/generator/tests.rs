@@ -714,38 +714,6 @@ fn write_dataset_round_trips_csv_gzip_and_json() {
     assert!(err.contains(&nowhere.display().to_string()), "{err}");
 }
 
-/// Run by hand: `cargo test -p cap-connectors --release --lib -- --ignored --nocapture generator_throughput`
-#[test]
-#[ignore]
-fn generator_throughput() {
-    for extensions in [true, false] {
-        let src = source(GeneratorConfig {
-            extensions,
-            ..GeneratorConfig::default()
-        });
-        let mut p = partition(&src, 0);
-        let mut out = Vec::with_capacity(4096);
-        let n = 10_000_000;
-        let started = std::time::Instant::now();
-        let mut done = 0;
-        let mut checksum = 0u64;
-        while done < n {
-            out.clear();
-            if let Err(e) = p.poll(4096, &mut out) {
-                panic!("{e}");
-            }
-            done += out.len();
-            if let Some(Ok(e)) = out.last().map(|r| r.item.as_ref()) {
-                checksum = checksum.wrapping_add(e.product_id);
-            }
-        }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "generator_throughput (extensions {extensions}): {done} events in {secs:.2} s = {:.2} M events/s single-threaded (checksum {checksum})",
-            done as f64 / secs / 1e6
-        );
-    }
-}
 
 /// Pinned so that a change of the generated data is always deliberate: data sets are
 /// shared by seed ("seed 42, 10M events"), and benchmarks and golden tests rely on them.
