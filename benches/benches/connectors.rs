@@ -27,7 +27,11 @@ struct Args {
 }
 
 fn generate(n: usize, extensions: bool) -> anyhow::Result<(Vec<Event>, f64)> {
-    let cfg = GeneratorConfig { partitions: 1, extensions, ..GeneratorConfig::default() };
+    let cfg = GeneratorConfig {
+        partitions: 1,
+        extensions,
+        ..GeneratorConfig::default()
+    };
     let source = GeneratorSource::try_new("bench", cfg)?;
     let mut part = source.open(0)?;
     let mut out: Vec<SourceRecord<Event>> = Vec::with_capacity(4096);
@@ -44,13 +48,21 @@ fn generate(n: usize, extensions: bool) -> anyhow::Result<(Vec<Event>, f64)> {
 }
 
 fn report(what: &str, n: usize, bytes: usize, secs: f64) {
-    println!("{what:<34} {n:>9} records {secs:>7.3}s {:>7.2} M records/s {:>7.0} MB/s", n as f64 / secs / 1e6, bytes as f64 / secs / 1e6);
+    println!(
+        "{what:<34} {n:>9} records {secs:>7.3}s {:>7.2} M records/s {:>7.0} MB/s",
+        n as f64 / secs / 1e6,
+        bytes as f64 / secs / 1e6
+    );
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     for extensions in [false, true] {
-        let tag = if extensions { "with extensions" } else { "REES46 columns" };
+        let tag = if extensions {
+            "with extensions"
+        } else {
+            "REES46 columns"
+        };
         let (events, secs) = generate(args.events, extensions)?;
         report(&format!("generator ({tag})"), events.len(), 0, secs);
 
@@ -61,8 +73,17 @@ fn main() -> anyhow::Result<()> {
             write_csv(e, extensions, &mut buf);
             ends.push(buf.len());
         }
-        report(&format!("csv encode ({tag})"), events.len(), buf.len(), started.elapsed().as_secs_f64());
-        let header = if extensions { CSV_HEADER_EXTENDED } else { CSV_HEADER };
+        report(
+            &format!("csv encode ({tag})"),
+            events.len(),
+            buf.len(),
+            started.elapsed().as_secs_f64(),
+        );
+        let header = if extensions {
+            CSV_HEADER_EXTENDED
+        } else {
+            CSV_HEADER
+        };
         let decoder = CsvDecoder::from_header(header.as_bytes(), DecodeOptions::default())?;
         let started = Instant::now();
         let (mut from, mut ok) = (0, 0usize);
@@ -70,8 +91,18 @@ fn main() -> anyhow::Result<()> {
             ok += usize::from(decoder.decode(&buf[from..to]).is_ok());
             from = to;
         }
-        report(&format!("csv decode ({tag})"), ok, buf.len(), started.elapsed().as_secs_f64());
-        anyhow::ensure!(ok == events.len(), "csv: {} of {} decoded", ok, events.len());
+        report(
+            &format!("csv decode ({tag})"),
+            ok,
+            buf.len(),
+            started.elapsed().as_secs_f64(),
+        );
+        anyhow::ensure!(
+            ok == events.len(),
+            "csv: {} of {} decoded",
+            ok,
+            events.len()
+        );
 
         buf.clear();
         ends.clear();
@@ -86,8 +117,18 @@ fn main() -> anyhow::Result<()> {
             ok += usize::from(decoder.decode(&buf[from..to]).is_ok());
             from = to;
         }
-        report(&format!("json decode ({tag})"), ok, buf.len(), started.elapsed().as_secs_f64());
-        anyhow::ensure!(ok == events.len(), "json: {} of {} decoded", ok, events.len());
+        report(
+            &format!("json decode ({tag})"),
+            ok,
+            buf.len(),
+            started.elapsed().as_secs_f64(),
+        );
+        anyhow::ensure!(
+            ok == events.len(),
+            "json: {} of {} decoded",
+            ok,
+            events.len()
+        );
     }
     Ok(())
 }

@@ -572,11 +572,23 @@ mod tests {
         assert_eq!(source.partitions(), vec![path.display().to_string()]);
         let recs = read_all(&source, 0)?;
         let positions: Vec<u64> = recs.iter().map(|r| r.position).collect();
-        assert_eq!(positions, vec![2, 4, 5, 6], "blank line 3 skipped, header is line 1");
+        assert_eq!(
+            positions,
+            vec![2, 4, 5, 6],
+            "blank line 3 skipped, header is line 1"
+        );
         assert!(recs[0].item.is_ok() && recs[1].item.is_ok() && recs[3].item.is_ok());
-        let dead = recs[2].item.as_ref().err().ok_or_else(|| anyhow::anyhow!("line 5 should be a dead letter"))?;
+        let dead = recs[2]
+            .item
+            .as_ref()
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("line 5 should be a dead letter"))?;
         assert_eq!(dead.position, 5);
-        assert!(dead.reason.contains("line 5") && dead.reason.contains("event_type"), "{}", dead.reason);
+        assert!(
+            dead.reason.contains("line 5") && dead.reason.contains("event_type"),
+            "{}",
+            dead.reason
+        );
         assert!(dead.source.starts_with("clickstream:"), "{}", dead.source);
         assert_eq!(dead.raw, b"2019-11-01 00:00:02 UTC,click,1,2,,,1.00,3,s");
         Ok(())
@@ -588,11 +600,18 @@ mod tests {
         let plain = dir.path().join("a.csv");
         std::fs::write(&plain, sample_csv())?;
         let gz = dir.path().join("a.csv.gz");
-        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::fast());
+        let mut enc =
+            flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::fast());
         enc.write_all(sample_csv().as_bytes())?;
         enc.finish()?;
-        let a: Vec<_> = read_all(&FileSource::new("s", config(&plain))?, 0)?.into_iter().filter_map(|r| r.item.ok()).collect();
-        let b: Vec<_> = read_all(&FileSource::new("s", config(&gz))?, 0)?.into_iter().filter_map(|r| r.item.ok()).collect();
+        let a: Vec<_> = read_all(&FileSource::new("s", config(&plain))?, 0)?
+            .into_iter()
+            .filter_map(|r| r.item.ok())
+            .collect();
+        let b: Vec<_> = read_all(&FileSource::new("s", config(&gz))?, 0)?
+            .into_iter()
+            .filter_map(|r| r.item.ok())
+            .collect();
         assert_eq!(a, b);
         let json = dir.path().join("a.jsonl");
         let mut text = Vec::new();
@@ -600,7 +619,10 @@ mod tests {
             crate::clickstream::encode::write_json(e, &mut text);
         }
         std::fs::write(&json, text)?;
-        let c: Vec<_> = read_all(&FileSource::new("s", config(&json))?, 0)?.into_iter().filter_map(|r| r.item.ok()).collect();
+        let c: Vec<_> = read_all(&FileSource::new("s", config(&json))?, 0)?
+            .into_iter()
+            .filter_map(|r| r.item.ok())
+            .collect();
         assert_eq!(a, c);
         Ok(())
     }
@@ -610,11 +632,17 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("ext.csv");
         let mut text = format!("{CSV_HEADER_EXTENDED}\n").into_bytes();
-        let mut event = read_all(&FileSource::new("s", config(&{
-            let p = dir.path().join("one.csv");
-            std::fs::write(&p, sample_csv())?;
-            p
-        }))?, 0)?
+        let mut event = read_all(
+            &FileSource::new(
+                "s",
+                config(&{
+                    let p = dir.path().join("one.csv");
+                    std::fs::write(&p, sample_csv())?;
+                    p
+                }),
+            )?,
+            0,
+        )?
         .remove(0)
         .item
         .map_err(|d| anyhow::anyhow!(d.reason))?;
@@ -623,7 +651,10 @@ mod tests {
         write_csv(&event, true, &mut text);
         std::fs::write(&path, text)?;
         let recs = read_all(&FileSource::new("s", config(&path))?, 0)?;
-        assert_eq!(recs.iter().map(|r| r.position).collect::<Vec<_>>(), vec![2, 4]);
+        assert_eq!(
+            recs.iter().map(|r| r.position).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
         for r in recs {
             assert_eq!(r.item.map_err(|d| anyhow::anyhow!(d.reason))?, event);
         }
@@ -664,7 +695,11 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(part.poll(10, &mut out)?, Polled::Records(1));
         assert_eq!(part.poll(10, &mut out)?, Polled::Idle);
-        assert_eq!(part.position(), 3, "the held record is still the next position");
+        assert_eq!(
+            part.position(),
+            3,
+            "the held record is still the next position"
+        );
         Ok(())
     }
 
@@ -673,14 +708,27 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let odd = dir.path().join("events.txt");
         std::fs::write(&odd, "x")?;
-        let err = FileSource::new("clickstream", config(&odd)).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = FileSource::new("clickstream", config(&odd))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("sources.clickstream.format"), "{err}");
-        let missing = FileSource::new("clickstream", config(&dir.path().join("nope.csv"))).err().map(|e| e.to_string()).unwrap_or_default();
+        let missing = FileSource::new("clickstream", config(&dir.path().join("nope.csv")))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(missing.contains("sources.clickstream.path"), "{missing}");
         let bad_header = dir.path().join("bad.csv");
-        std::fs::write(&bad_header, "event_time,event_type\n2019-11-01 00:00:00 UTC,view\n")?;
+        std::fs::write(
+            &bad_header,
+            "event_time,event_type\n2019-11-01 00:00:00 UTC,view\n",
+        )?;
         let mut part = FileSource::new("clickstream", config(&bad_header))?.open(0)?;
-        let err = part.poll(10, &mut Vec::new()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = part
+            .poll(10, &mut Vec::new())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("product_id"), "{err}");
         Ok(())
     }
@@ -694,7 +742,10 @@ mod tests {
         let source = FileSource::new("s", config(dir.path()))?;
         let labels = source.partitions();
         assert_eq!(labels.len(), 2);
-        assert!(labels[0].ends_with("a.csv") && labels[1].ends_with("b.csv"), "{labels:?}");
+        assert!(
+            labels[0].ends_with("a.csv") && labels[1].ends_with("b.csv"),
+            "{labels:?}"
+        );
         Ok(())
     }
 }

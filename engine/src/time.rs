@@ -82,17 +82,25 @@ pub fn format_day(day: Day) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` (the REES46 CSV form) of an instant; milliseconds are printed
-/// as a fraction only when non-zero.
-pub fn format_rees46(ms: i64) -> String {
+/// `(y, m, d, h, mi, s, ms)` of an instant.
+fn civil_parts(ms: i64) -> (i32, u32, u32, i64, i64, i64, i64) {
     let (y, mo, d) = civil_from_days(day_of(ms));
     let rem = ms.rem_euclid(MS_PER_DAY);
-    let (h, mi, s, frac) = (
+    (
+        y,
+        mo,
+        d,
         rem / MS_PER_HOUR,
         rem / 60_000 % 60,
         rem / 1000 % 60,
         rem % 1000,
-    );
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` (the REES46 CSV form) of an instant; milliseconds are printed
+/// as a fraction only when non-zero.
+pub fn format_rees46(ms: i64) -> String {
+    let (y, mo, d, h, mi, s, frac) = civil_parts(ms);
     if frac == 0 {
         format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
     } else {
@@ -102,14 +110,7 @@ pub fn format_rees46(ms: i64) -> String {
 
 /// RFC 3339 (`2019-11-01T13:00:00Z`, with `.mmm` when non-zero) of an instant.
 pub fn format_rfc3339(ms: i64) -> String {
-    let (y, mo, d) = civil_from_days(day_of(ms));
-    let rem = ms.rem_euclid(MS_PER_DAY);
-    let (h, mi, s, frac) = (
-        rem / MS_PER_HOUR,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    );
+    let (y, mo, d, h, mi, s, frac) = civil_parts(ms);
     if frac == 0 {
         format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
     } else {

@@ -729,7 +729,8 @@ pub(crate) mod tests {
         Some(CompactString::from(s))
     }
 
-    fn base(time: i64) -> Event {
+    /// The first REES46 sample row at `time` (shared with the JSON tests).
+    pub(crate) fn base(time: i64) -> Event {
         Event {
             event_time: time,
             event_type: EventType::View,
@@ -1352,5 +1353,4 @@ pub(crate) mod tests {
             "mutations should leave some lines valid, got {accepted}"
         );
     }
-
 }

@@ -478,21 +478,7 @@ mod tests {
     const SAMPLE: &str = r#"{"event_time":"2019-11-01 00:00:00 UTC","event_type":"view","product_id":1003461,"category_id":2053013555631882655,"category_code":"electronics.smartphone","brand":"xiaomi","price":489.07,"user_id":520088904,"user_session":"4d3b30da-a5e4-49df-b1a8-ba5943f1dd33"}"#;
 
     fn sample_event() -> Event {
-        Event {
-            event_time: ms_from_civil(2019, 11, 1, 0, 0, 0, 0),
-            event_type: EventType::View,
-            product_id: 1003461,
-            category_id: 2053013555631882655,
-            category_code: Some("electronics.smartphone".into()),
-            brand: Some("xiaomi".into()),
-            price_cents: 48907,
-            user_id: 520088904,
-            user_session: Some(SessionId::parse("4d3b30da-a5e4-49df-b1a8-ba5943f1dd33")),
-            ip: None,
-            user_agent: None,
-            channel: None,
-            country: None,
-        }
+        crate::clickstream::csv::tests::base(ms_from_civil(2019, 11, 1, 0, 0, 0, 0))
     }
 
     /// SAMPLE with `key` replaced by the raw JSON `value` (or removed when `None`), keeping
@@ -956,5 +942,4 @@ mod tests {
             "mutations should leave some records valid, got {accepted}"
         );
     }
-
 }

@@ -714,7 +714,6 @@ fn write_dataset_round_trips_csv_gzip_and_json() {
     assert!(err.contains(&nowhere.display().to_string()), "{err}");
 }
 
-
 /// Pinned so that a change of the generated data is always deliberate: data sets are
 /// shared by seed ("seed 42, 10M events"), and benchmarks and golden tests rely on them.
 /// If a change of the model is intended, update the figure and say so in the change log.
