@@ -122,10 +122,57 @@ pub struct BatchEvent {
     pub time_ms: i64,
     /// `view`, `cart`, `remove_from_cart`, `purchase`.
     pub event_type: String,
+    /// Product.
+    pub product_id: u64,
+    /// Category id.
+    pub category_id: u64,
+    /// Category code, if any.
+    pub category_code: Option<String>,
+    /// Brand, if any.
+    pub brand: Option<String>,
+    /// Price in cents (rounded half away from zero from the text).
+    pub price_cents: i64,
     /// User.
     pub user_id: u64,
     /// Session, if any.
     pub session: Option<String>,
+    /// Client ip, if the file has the column and the row a value.
+    pub ip: Option<String>,
+    /// Channel, if any.
+    pub channel: Option<String>,
+}
+
+impl BatchEvent {
+    /// The category key of the contract: category_code, else the category id as text.
+    pub fn category_key(&self) -> String {
+        self.category_code
+            .clone()
+            .unwrap_or_else(|| self.category_id.to_string())
+    }
+}
+
+/// Cents of a decimal price text, rounded half away from zero, computed independently of
+/// the engine (via exact decimal string handling).
+pub fn price_to_cents(text: &str) -> Option<i64> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let int: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let mut f: Vec<u32> = frac
+        .chars()
+        .map(|c| c.to_digit(10))
+        .collect::<Option<_>>()?;
+    f.resize(3, 0);
+    let mut cents = int * 100 + i64::from(f[0]) * 10 + i64::from(f[1]);
+    if f[2] >= 5 {
+        cents += 1;
+    }
+    Some(if neg { -cents } else { cents })
 }
 
 /// Splits a CSV line (RFC 4180 quotes) into fields.
@@ -172,6 +219,14 @@ pub fn read_csv_batch(path: &Path) -> Result<(Vec<BatchEvent>, BTreeSet<u64>)> {
         idx("user_id")?,
         idx("user_session")?,
     );
+    let (i_code, i_brand) = (idx("category_code")?, idx("brand")?);
+    let (i_ip, i_channel) = (
+        cols.iter().position(|c| c == "ip"),
+        cols.iter().position(|c| c == "channel"),
+    );
+    let opt = |f: &Vec<String>, i: Option<usize>| {
+        i.and_then(|i| Some(f[i].clone()).filter(|s| !s.is_empty()))
+    };
     let mut events = Vec::new();
     let mut bad = BTreeSet::new();
     for (i, line) in lines {
@@ -195,16 +250,21 @@ pub fn read_csv_batch(path: &Path) -> Result<(Vec<BatchEvent>, BTreeSet<u64>)> {
             if !["view", "cart", "remove_from_cart", "purchase"].contains(&f[i_type].as_str()) {
                 return None;
             }
-            f[i_product].parse::<u64>().ok()?;
-            f[i_category].parse::<u64>().ok()?;
             if !f[i_price].parse::<f64>().ok()?.is_finite() {
                 return None;
             }
             Some(BatchEvent {
                 time_ms: t.and_utc().timestamp_millis(),
                 event_type: f[i_type].clone(),
+                product_id: f[i_product].parse().ok()?,
+                category_id: f[i_category].parse().ok()?,
+                category_code: opt(&f, Some(i_code)),
+                brand: opt(&f, Some(i_brand)),
+                price_cents: price_to_cents(&f[i_price])?,
                 user_id: f[i_user].parse().ok()?,
-                session: Some(f[i_session].clone()).filter(|s| !s.is_empty()),
+                session: opt(&f, Some(i_session)),
+                ip: opt(&f, i_ip),
+                channel: opt(&f, i_channel),
             })
         })();
         match ok {

@@ -20,13 +20,11 @@ use std::sync::Arc;
 
 use cap_connectors::clickstream::{Event, EventType, SessionId};
 use cap_engine::job::{BuildError, Dataflow, Job};
-use cap_engine::time::{day_of, Day, UtcDay};
-use cap_operators::distinct::distinct_count;
-use cap_operators::funnel::{funnel_step_counts, ordered_funnel, NO_STEP};
-use cap_operators::local::pre_aggregate;
+use cap_operators::funnel::NO_STEP;
 use serde::{Deserialize, Serialize, Serializer};
 
 pub mod rows;
+pub mod tables;
 
 /// The job-author guide (`docs/job-author-guide.md`); its code is compiled as a doctest.
 #[doc = include_str!("../../../docs/job-author-guide.md")]
@@ -83,18 +81,6 @@ pub fn funnel_step(kind: EventType) -> u8 {
     }
 }
 
-/// Which daily metric a per-day value is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum DailyMetric {
-    Events,
-    Visitors,
-    Sessions,
-}
-
-fn day_bucket(t: i64) -> Day {
-    day_of(t)
-}
-
 impl Job for CustomerAnalytics {
     fn name(&self) -> &'static str {
         "customer-analytics"
@@ -115,82 +101,14 @@ impl Job for CustomerAnalytics {
     fn build<'s>(&self, df: &mut Dataflow<'s>) -> Result<(), BuildError> {
         let _settings: Settings = df.settings()?;
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
-        let clicks = input.records.map(|e| Click::from(&e));
+        let events = input.records;
+        let clicks = events.clone().map(|e| Click::from(&e));
 
-        // daily_visitors
-        let events_per_day =
-            pre_aggregate(clicks.clone().map(|c| day_of(c.time)), "events_per_day")
-                .count()
-                .map(|(day, n)| (day, (DailyMetric::Events, n as u64)));
-        let visitors = distinct_count(pre_aggregate(
-            clicks.clone().map(|c| (day_of(c.time), c.user)),
-            "day_user",
-        ))
-        .map(|(day, n)| (day, (DailyMetric::Visitors, n)));
-        let session_days = pre_aggregate(
-            clicks
-                .clone()
-                .flat_map(|c| c.session.map(|s| (day_of(c.time), s))),
-            "day_session",
-        );
-        let sessions =
-            distinct_count(session_days).map(|(day, n)| (day, (DailyMetric::Sessions, n)));
-        let daily = events_per_day
-            .concat(visitors)
-            .concat(sessions)
-            .reduce_named("DailyVisitors", |day: &Day, input, output| {
-                let mut row = DailyVisitorsRow {
-                    day: UtcDay(*day),
-                    visitors: 0,
-                    sessions: 0,
-                    events: 0,
-                };
-                for ((metric, n), diff) in input {
-                    if *diff <= 0 {
-                        continue;
-                    }
-                    match metric {
-                        DailyMetric::Events => row.events = *n,
-                        DailyMetric::Visitors => row.visitors = *n,
-                        DailyMetric::Sessions => row.sessions = *n,
-                    }
-                }
-                output.push((row, 1isize));
-            });
-        df.sink("daily_visitors", daily.map(|(_day, row)| row))?;
-
-        // session_funnel_daily
-        let steps = pre_aggregate(
-            clicks.flat_map(|c| {
-                let step = funnel_step(c.kind);
-                c.session.map(|s| (s, (step, c.time)))
-            }),
-            "session_steps",
-        );
-        let progress = ordered_funnel(steps, 3);
-        let funnel = funnel_step_counts(progress, day_bucket)
-            .map(|((day, step), n)| (day, (step, n)))
-            .reduce_named("FunnelDaily", |day: &Day, input, output| {
-                let first = input
-                    .iter()
-                    .find(|((s, _), d)| *s == 1 && *d > 0)
-                    .map(|((_, n), _)| *n)
-                    .unwrap_or(0);
-                for ((step, n), diff) in input {
-                    if *diff > 0 {
-                        output.push((
-                            FunnelRow {
-                                day: UtcDay(*day),
-                                step: *step,
-                                sessions: *n,
-                                step1_sessions: first,
-                            },
-                            1isize,
-                        ));
-                    }
-                }
-            });
-        df.sink("session_funnel_daily", funnel.map(|(_day, row)| row))?;
+        df.sink("daily_visitors", tables::visitors::daily_visitors(&clicks))?;
+        df.sink(
+            "session_funnel_daily",
+            tables::funnels::session_funnel_daily(&clicks),
+        )?;
 
         // dead_letters
         df.sink(
