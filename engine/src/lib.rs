@@ -53,6 +53,7 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod values;
 
 pub use differential_dataflow;
 pub use timely;
