@@ -9,8 +9,7 @@
 //! | operator | computes |
 //! |---|---|
 //! | [`distinct::distinct_count`] | per key, the number of distinct values present |
-//! | [`funnel::ordered_funnel`] | per unit (session, user), the funnel step reached and the unit's first time |
-//! | [`funnel::funnel_step_counts`] | per bucket and step, the units that reached at least that step |
+//! | [`funnel::funnel_units`], [`funnel::funnel_step_stats`] | PostHog-style funnels (ordered, strict, unordered; window, exclusions, first-touch breakdown): per unit the counted path; per bucket, breakdown and step the units, conversions and median time to convert |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
 //!
 //! ```

@@ -9,8 +9,8 @@
 //!                              ├─ (day)           pre_aggregate ─ count ─────────┐
 //!                              ├─ (day, user)     pre_aggregate ─ distinct_count ├─ per day ─▶ daily_visitors
 //!                              ├─ (day, session)  pre_aggregate ─ distinct_count ┘
-//!                              └─ (session, (step, time)) pre_aggregate ─ ordered_funnel
-//!                                     ─ funnel_step_counts(day of first event) ─ per day ─▶ session_funnel_daily
+//!                              └─ (session, FunnelEvent) pre_aggregate ─ funnel_units(ordered, 3 steps)
+//!                                     ─ funnel_step_counts(day of first event) ─▶ session_funnel_daily
 //! ```
 //!
 //! Every table is, after each epoch, exactly the batch query over all events read so far
@@ -107,7 +107,7 @@ impl Job for CustomerAnalytics {
         df.sink("daily_visitors", tables::visitors::daily_visitors(&clicks))?;
         df.sink(
             "session_funnel_daily",
-            tables::funnels::session_funnel_daily(&clicks),
+            tables::funnels::session_funnel_daily(&clicks)?,
         )?;
 
         // dead_letters

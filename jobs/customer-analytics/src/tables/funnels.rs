@@ -1,51 +1,50 @@
-//! `session_funnel_daily`: the ordered view -> cart -> purchase funnel per session, counted
-//! per day of the session's first event.
+//! `session_funnel_daily`: the view -> cart -> purchase funnel per session, counted per day
+//! of the session's first event.
+//!
+//! It is one configuration of the general funnel operator ([`cap_operators::funnel`]):
+//! ordered, no conversion window, unit = session, no exclusions, no breakdown.
 
+use cap_engine::job::BuildError;
 use cap_engine::time::{day_of, Day, UtcDay};
-use cap_operators::funnel::{funnel_step_counts, ordered_funnel};
+use cap_operators::funnel::{
+    funnel_step_counts, funnel_units, step_bit, FunnelEvent, FunnelSpec, UnitFunnel,
+};
 use cap_operators::local::pre_aggregate;
 use differential_dataflow::VecCollection;
 
-use crate::rows::FunnelRow;
+use crate::rows::{FunnelRow, STEP_NAMES};
 use crate::{funnel_step, Click};
 
-fn day_bucket(t: i64) -> Day {
-    day_of(t)
+/// The day of a session's first event of any type.
+fn first_day(u: &UnitFunnel<()>) -> Day {
+    day_of(u.first_time)
 }
 
 /// The `session_funnel_daily` rows of `clicks`.
 pub fn session_funnel_daily<'s>(
     clicks: &VecCollection<'s, u64, Click>,
-) -> VecCollection<'s, u64, FunnelRow> {
-    let steps = pre_aggregate(
+) -> Result<VecCollection<'s, u64, FunnelRow>, BuildError> {
+    let spec = FunnelSpec::new(STEP_NAMES.len() as u8)
+        .map_err(|e| BuildError::Table("session_funnel_daily".into(), e.to_string()))?;
+    let events = pre_aggregate(
         clicks.clone().flat_map(|c| {
-            let step = funnel_step(c.kind);
-            c.session.map(|s| (s, (step, c.time)))
+            let event = FunnelEvent {
+                time: c.time,
+                steps: step_bit(funnel_step(c.kind)),
+                exclusions: 0,
+                breakdown: (),
+            };
+            c.session.map(|s| (s, event))
         }),
         "session_steps",
     );
-    let progress = ordered_funnel(steps, 3);
-    let funnel = funnel_step_counts(progress, day_bucket)
-        .map(|((day, step), n)| (day, (step, n)))
-        .reduce_named("FunnelDaily", |day: &Day, input, output| {
-            let first = input
-                .iter()
-                .find(|((s, _), d)| *s == 1 && *d > 0)
-                .map(|((_, n), _)| *n)
-                .unwrap_or(0);
-            for ((step, n), diff) in input {
-                if *diff > 0 {
-                    output.push((
-                        FunnelRow {
-                            day: UtcDay(*day),
-                            step: *step,
-                            sessions: *n,
-                            step1_sessions: first,
-                        },
-                        1isize,
-                    ));
-                }
-            }
-        });
-    funnel.map(|(_day, row)| row)
+    let sessions = funnel_units(events, &spec);
+    Ok(
+        funnel_step_counts(sessions, first_day).map(|((day, (), step), counts)| FunnelRow {
+            day: UtcDay(day),
+            step,
+            sessions: counts.units,
+            step1_sessions: counts.first_units,
+        }),
+    )
 }
