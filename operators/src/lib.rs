@@ -12,6 +12,8 @@
 //! | [`funnel::ordered_funnel`] | per unit (session, user), the funnel step reached and the unit's first time |
 //! | [`funnel::funnel_step_counts`] | per bucket and step, the units that reached at least that step |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
+//! | [`aggregate::sum_by_key`] | per key, the sum of monoid contributions such as [`counters!`] structs |
+//! | [`topk::top_k`] | per group, the k first values under a total order, ranked 1..=k |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -32,9 +34,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod distinct;
 pub mod funnel;
 pub mod local;
 pub mod testing;
+pub mod topk;
 
 pub use differential_dataflow::VecCollection;
