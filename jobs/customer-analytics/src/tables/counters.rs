@@ -61,6 +61,24 @@ mod tests {
     use super::*;
     use differential_dataflow::difference::IsZero;
 
+    /// The `counters!` macro's serde form: an array of the fields, on the wire and in JSON.
+    #[test]
+    fn counters_serialize_as_an_array_of_fields() -> anyhow::Result<()> {
+        let c = EventCounters {
+            events: 3,
+            views: 1,
+            carts: 1,
+            purchases: 1,
+            revenue_cents: -2,
+        };
+        assert_eq!(serde_json::to_string(&c)?, "[3,1,1,1,-2]");
+        assert_eq!(serde_json::from_str::<EventCounters>("[3,1,1,1,-2]")?, c);
+        assert!(serde_json::from_str::<EventCounters>("[3,1,1,1]").is_err());
+        let wire = bincode::serialize(&c)?;
+        assert_eq!(bincode::deserialize::<EventCounters>(&wire)?, c);
+        Ok(())
+    }
+
     #[test]
     fn revenue_counts_positive_purchase_prices_only() {
         assert_eq!(
