@@ -3,7 +3,7 @@
 //! prices) plus hand-written edge rows, checking `category_hourly`, `category_weekday`,
 //! `brand_daily` and `cart_abandonment_daily` exactly against the independent batch
 //! computation of `cap_tests::batch_aggregates`: every key, rank, tie-break, count, money
-//! text and ratio.
+//! text and ratio, with one worker, two workers, and two processes over loopback.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -15,7 +15,7 @@ use cap_tests::batch_aggregates::{
     batch_brand_daily, batch_cart_abandonment, batch_category_hourly, batch_category_weekday,
     raw_number, AbandonmentRow, BrandRow, HourlyRow, WeekdayRow,
 };
-use cap_tests::{fold_changelog, read_csv_batch, read_jsonl, run_job};
+use cap_tests::{fold_changelog, job_binary, read_csv_batch, read_jsonl, run_job};
 use serde_json::Value;
 
 /// Valid rows appended after the generated ones (so they also arrive late), each an edge
@@ -289,5 +289,50 @@ fn aggregates_equal_batch_with_one_worker() -> Result<()> {
     let csv = generate(dir.path(), 150_000)?;
     let out = dir.path().join("out");
     run(&csv, &out, "1", "997")?;
+    check_outputs(&csv, &out)
+}
+
+/// Rows and counter differences cross processes as bincode: two processes of one worker
+/// each, over loopback, must give the batch result too.
+#[test]
+fn aggregates_equal_batch_across_two_processes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate(dir.path(), 150_000)?;
+    let out = dir.path().join("out");
+    let port = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let hostfile = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", port()?, port()?),
+    )?;
+    let bin = job_binary()?;
+    let mut children = Vec::new();
+    for p in ["0", "1"] {
+        let child = std::process::Command::new(&bin)
+            .args(["run", "-w", "1", "-n", "2", "-p", p, "--hostfile"])
+            .arg(&hostfile)
+            .arg("--input")
+            .arg(&csv)
+            .arg("--output")
+            .arg(&out)
+            .args(["--epoch-records", "3000", "--no-console"])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        children.push(child);
+    }
+    for child in children {
+        let done = child.wait_with_output()?;
+        ensure!(
+            done.status.success(),
+            "a process failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
     check_outputs(&csv, &out)
 }
