@@ -1,5 +1,5 @@
 //! End to end: the real `customer-analytics` binary over a generated week of clickstream
-//! (out-of-order and duplicated events, null categories codes, brands and sessions, zero
+//! (out-of-order and duplicated events, null category codes, brands and sessions, zero
 //! prices) plus hand-written edge rows, checking `category_hourly`, `category_weekday`,
 //! `brand_daily` and `cart_abandonment_daily` exactly against the independent batch
 //! computation of `cap_tests::batch_aggregates`: every key, rank, tie-break, count, money
