@@ -13,6 +13,10 @@
 //!                                     ─ funnel_step_counts(day of first event) ─▶ session_funnel_daily
 //! ```
 //!
+//! `cart_abandonment_daily`, `category_hourly`, `category_weekday` and `brand_daily` are
+//! built from the full events (see their modules in [`tables`]), with monoid counters summed
+//! per key (`cap_operators::aggregate`) and top-k ranking (`cap_operators::topk`).
+//!
 //! Every table is, after each epoch, exactly the batch query over all events read so far
 //! (the end-to-end test checks it against an independent batch computation).
 
@@ -45,7 +49,15 @@ pub struct CustomerAnalytics;
 pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
 
 /// Output tables, in a stable order.
-pub const TABLES: [&str; 3] = ["daily_visitors", "session_funnel_daily", "dead_letters"];
+pub const TABLES: [&str; 7] = [
+    "daily_visitors",
+    "session_funnel_daily",
+    "cart_abandonment_daily",
+    "category_hourly",
+    "category_weekday",
+    "brand_daily",
+    "dead_letters",
+];
 
 /// The per-event projection the tables need: small, so fanning it out is cheap.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -109,6 +121,19 @@ impl Job for CustomerAnalytics {
             "session_funnel_daily",
             tables::funnels::session_funnel_daily(&clicks)?,
         )?;
+        df.sink(
+            "cart_abandonment_daily",
+            tables::abandonment::cart_abandonment_daily(&events),
+        )?;
+        df.sink(
+            "category_hourly",
+            tables::categories::category_hourly(&events),
+        )?;
+        df.sink(
+            "category_weekday",
+            tables::categories::category_weekday(&events),
+        )?;
+        df.sink("brand_daily", tables::brands::brand_daily(&events))?;
 
         // dead_letters
         df.sink(

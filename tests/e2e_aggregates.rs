@@ -1,0 +1,338 @@
+//! End to end: the real `customer-analytics` binary over a generated week of clickstream
+//! (out-of-order and duplicated events, null category codes, brands and sessions, zero
+//! prices) plus hand-written edge rows, checking `category_hourly`, `category_weekday`,
+//! `brand_daily` and `cart_abandonment_daily` exactly against the independent batch
+//! computation of `cap_tests::batch_aggregates`: every key, rank, tie-break, count, money
+//! text and ratio, with one worker, two workers, and two processes over loopback.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use cap_tests::batch_aggregates::{
+    batch_brand_daily, batch_cart_abandonment, batch_category_hourly, batch_category_weekday,
+    raw_number, AbandonmentRow, BrandRow, HourlyRow, WeekdayRow,
+};
+use cap_tests::{fold_changelog, job_binary, read_csv_batch, read_jsonl, run_job};
+use serde_json::Value;
+
+/// Valid rows appended after the generated ones (so they also arrive late), each an edge
+/// of the contract:
+/// - hour 2019-10-31T23: category id 77 has only a removal (0 views, still ranks, after
+///   `edge.cat`, which has 0 views but a purchase); the brand `zz-only-removals` has no row;
+/// - session `edge-session-1` has a purchase and no cart;
+/// - a purchase at a negative price counts as a purchase of `acer` with no revenue;
+/// - session `edge-session-2` starts on 2019-10-31 and carts a week later: an abandoned
+///   session of 2019-10-31.
+const EDGE_ROWS: [&str; 5] = [
+    "2019-10-31 23:10:00 UTC,remove_from_cart,5,77,,zz-only-removals,3.00,900,edge-session-1,,,,",
+    "2019-10-31 23:20:00 UTC,purchase,6,78,edge.cat,,12.34,900,edge-session-1,,,,",
+    "2019-11-02 10:00:00 UTC,purchase,7,79,,acer,-5.00,901,,,,,",
+    "2019-10-31 23:59:59 UTC,remove_from_cart,8,79,,,1.00,902,edge-session-2,,,,",
+    "2019-11-08 00:00:00 UTC,cart,8,79,,,1.00,902,edge-session-2,,,,",
+];
+
+const TABLES: [&str; 4] = [
+    "category_hourly",
+    "category_weekday",
+    "brand_daily",
+    "cart_abandonment_daily",
+];
+
+fn generate(dir: &Path, events: u64) -> Result<std::path::PathBuf> {
+    let csv = dir.join("events.csv");
+    run_job(&[
+        "generate",
+        "-o",
+        csv.to_str().context("path")?,
+        "--events",
+        &events.to_string(),
+        "--seed",
+        "23",
+        "--out-of-order",
+        "0.05",
+        "--duplicates",
+        "0.01",
+        // About a week of event time, so every weekday and many hours and days occur.
+        "--set",
+        "events_per_day=20000",
+        "--no-progress",
+    ])?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&csv)?;
+    for row in EDGE_ROWS {
+        writeln!(f, "{row}")?;
+    }
+    Ok(csv)
+}
+
+fn run(csv: &Path, out: &Path, workers: &str, epoch_records: &str) -> Result<()> {
+    run_job(&[
+        "run",
+        "--input",
+        csv.to_str().context("path")?,
+        "--output",
+        out.to_str().context("path")?,
+        "--workers",
+        workers,
+        "--epoch-records",
+        epoch_records,
+        "--no-console",
+    ])?;
+    Ok(())
+}
+
+/// The snapshot of `table` as (raw line, parsed object) pairs.
+fn snapshot(out: &Path, table: &str) -> Result<Vec<(String, Value)>> {
+    let path = out.join(format!("{table}.jsonl"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Ok((l.to_owned(), serde_json::from_str(l)?)))
+        .collect()
+}
+
+fn text(v: &Value, field: &str) -> Result<String> {
+    Ok(v[field]
+        .as_str()
+        .with_context(|| format!("{field} in {v}"))?
+        .to_owned())
+}
+
+fn int(v: &Value, field: &str) -> Result<i64> {
+    v[field].as_i64().with_context(|| format!("{field} in {v}"))
+}
+
+fn uint(v: &Value, field: &str) -> Result<u64> {
+    v[field].as_u64().with_context(|| format!("{field} in {v}"))
+}
+
+fn float(v: &Value, field: &str) -> Result<f64> {
+    v[field].as_f64().with_context(|| format!("{field} in {v}"))
+}
+
+fn money(line: &str, field: &str) -> Result<String> {
+    Ok(raw_number(line, field)
+        .with_context(|| format!("{field} in {line}"))?
+        .to_owned())
+}
+
+/// Fails with the first few differing keys when the maps differ.
+fn compare<K: Ord + Debug, V: PartialEq + Debug>(
+    table: &str,
+    actual: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+) -> Result<()> {
+    let mut diffs = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            Some(a) if a == v => {}
+            other => diffs.push(format!("{k:?}: stream {other:?}, batch {v:?}")),
+        }
+    }
+    for (k, a) in actual {
+        if !expected.contains_key(k) {
+            diffs.push(format!("{k:?}: stream {a:?}, batch none"));
+        }
+    }
+    ensure!(
+        diffs.is_empty(),
+        "{table}: {} of {} batch rows differ from the stream, e.g.:\n{}",
+        diffs.len(),
+        expected.len(),
+        diffs[..diffs.len().min(8)].join("\n")
+    );
+    Ok(())
+}
+
+fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
+    let (events, bad) = read_csv_batch(csv)?;
+    ensure!(bad.is_empty(), "the batch reader rejects lines {bad:?}");
+    ensure!(events.len() > 10_000, "too few events: {}", events.len());
+
+    // category_hourly
+    let expected = batch_category_hourly(&events);
+    let mut actual = BTreeMap::new();
+    for (line, v) in snapshot(out, "category_hourly")? {
+        let row = HourlyRow {
+            category: text(&v, "category")?,
+            views: int(&v, "views")?,
+            carts: int(&v, "carts")?,
+            purchases: int(&v, "purchases")?,
+            revenue: money(&line, "revenue")?,
+        };
+        actual.insert((text(&v, "hour")?, uint(&v, "rank")?), row);
+    }
+    compare("category_hourly", &actual, &expected)?;
+    // The data must exercise what the test claims: ties on views and purchases decided
+    // by name, and a category with no view ranking.
+    let ties = expected
+        .iter()
+        .zip(expected.iter().skip(1))
+        .filter(|((a, ra), (b, rb))| {
+            a.0 == b.0 && (ra.views, ra.purchases) == (rb.views, rb.purchases)
+        })
+        .count();
+    ensure!(ties > 100, "only {ties} name tie-breaks in category_hourly");
+    let edge_hour = |rank: u64| expected.get(&("2019-10-31T23:00:00Z".to_owned(), rank));
+    ensure!(
+        edge_hour(1).map(|r| r.category.as_str()) == Some("edge.cat")
+            && edge_hour(2).map(|r| (r.category.as_str(), r.views)) == Some(("77", 0)),
+        "edge hour ranks: {:?} {:?}",
+        edge_hour(1),
+        edge_hour(2)
+    );
+
+    // category_weekday
+    let expected = batch_category_weekday(&events);
+    ensure!(
+        expected
+            .keys()
+            .map(|k| k.0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 7,
+        "every weekday should occur"
+    );
+    let mut actual = BTreeMap::new();
+    for (line, v) in snapshot(out, "category_weekday")? {
+        let row = WeekdayRow {
+            category: text(&v, "category")?,
+            views: int(&v, "views")?,
+            purchases: int(&v, "purchases")?,
+            revenue: money(&line, "revenue")?,
+        };
+        actual.insert((uint(&v, "weekday")?, uint(&v, "rank")?), row);
+    }
+    compare("category_weekday", &actual, &expected)?;
+
+    // brand_daily
+    let expected = batch_brand_daily(&events);
+    ensure!(
+        !expected.keys().any(|(_, b)| b == "zz-only-removals"),
+        "a brand with only removals must have no row"
+    );
+    let mut actual = BTreeMap::new();
+    for (line, v) in snapshot(out, "brand_daily")? {
+        let row = BrandRow {
+            views: int(&v, "views")?,
+            carts: int(&v, "carts")?,
+            purchases: int(&v, "purchases")?,
+            revenue: money(&line, "revenue")?,
+            conversion: float(&v, "conversion")?,
+        };
+        actual.insert((text(&v, "day")?, text(&v, "brand")?), row);
+    }
+    compare("brand_daily", &actual, &expected)?;
+
+    // cart_abandonment_daily
+    let expected = batch_cart_abandonment(&events);
+    ensure!(
+        expected.get("2019-10-31").map(|r| (
+            r.sessions_with_cart,
+            r.sessions_with_purchase,
+            r.abandoned_sessions
+        )) == Some((1, 1, 1)),
+        "edge sessions of 2019-10-31: {:?}",
+        expected.get("2019-10-31")
+    );
+    let mut actual = BTreeMap::new();
+    for (_, v) in snapshot(out, "cart_abandonment_daily")? {
+        let row = AbandonmentRow {
+            sessions_with_cart: int(&v, "sessions_with_cart")?,
+            sessions_with_purchase: int(&v, "sessions_with_purchase")?,
+            abandoned_sessions: int(&v, "abandoned_sessions")?,
+            abandonment_rate: float(&v, "abandonment_rate")?,
+        };
+        actual.insert(text(&v, "day")?, row);
+    }
+    compare("cart_abandonment_daily", &actual, &expected)?;
+
+    // Each changelog folds to its snapshot. Compared as sorted row texts: the fold orders
+    // keys by their re-serialized JSON (fields sorted by name), the snapshot by the key's
+    // own JSON, and these differ for (weekday, rank).
+    for table in TABLES {
+        let mut folded: Vec<String> =
+            fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
+                .into_values()
+                .map(|v| v.to_string())
+                .collect();
+        let mut snapshot: Vec<String> = read_jsonl(&out.join(format!("{table}.jsonl")))?
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        folded.sort();
+        snapshot.sort();
+        ensure!(
+            folded == snapshot,
+            "{table}: the changelog does not fold to the snapshot"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn aggregates_equal_batch_with_two_workers_and_small_epochs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate(dir.path(), 150_000)?;
+    let out = dir.path().join("out");
+    // Small epochs: many incremental updates, so ranks move and rows are retracted.
+    run(&csv, &out, "2", "4000")?;
+    check_outputs(&csv, &out)
+}
+
+#[test]
+fn aggregates_equal_batch_with_one_worker() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate(dir.path(), 150_000)?;
+    let out = dir.path().join("out");
+    run(&csv, &out, "1", "997")?;
+    check_outputs(&csv, &out)
+}
+
+/// Rows and counter differences cross processes as bincode: two processes of one worker
+/// each, over loopback, must give the batch result too.
+#[test]
+fn aggregates_equal_batch_across_two_processes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate(dir.path(), 150_000)?;
+    let out = dir.path().join("out");
+    let port = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let hostfile = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", port()?, port()?),
+    )?;
+    let bin = job_binary()?;
+    let mut children = Vec::new();
+    for p in ["0", "1"] {
+        let child = std::process::Command::new(&bin)
+            .args(["run", "-w", "1", "-n", "2", "-p", p, "--hostfile"])
+            .arg(&hostfile)
+            .arg("--input")
+            .arg(&csv)
+            .arg("--output")
+            .arg(&out)
+            .args(["--epoch-records", "3000", "--no-console"])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        children.push(child);
+    }
+    for child in children {
+        let done = child.wait_with_output()?;
+        ensure!(
+            done.status.success(),
+            "a process failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    check_outputs(&csv, &out)
+}
