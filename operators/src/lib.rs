@@ -11,6 +11,7 @@
 //! | [`distinct::distinct_count`] | per key, the number of distinct values present |
 //! | [`funnel::ordered_funnel`] | per unit (session, user), the funnel step reached and the unit's first time |
 //! | [`funnel::funnel_step_counts`] | per bucket and step, the units that reached at least that step |
+//! | [`anomaly::windowed_counts`], [`anomaly::baseline_surges`], [`anomaly::merge_windows`] | event-time window counts, rolling-baseline surges, runs of alerting windows |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
 //!
 //! ```
@@ -32,6 +33,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod anomaly;
 pub mod distinct;
 pub mod funnel;
 pub mod local;
