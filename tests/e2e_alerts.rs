@@ -161,6 +161,8 @@ fn alerts_equal_the_batch_rules_with_other_settings_on_one_worker() -> Result<()
 #[test]
 fn invalid_alert_settings_fail_at_start_naming_the_key() -> Result<()> {
     let bin = cap_tests::job_binary()?;
+    // The job creates its state directory before it reads its settings: keep it out of the tree.
+    let dir = tempfile::tempdir()?;
     for (set, key) in [
         (
             "job.alerts.baseline_min_windows=50",
@@ -187,6 +189,7 @@ fn invalid_alert_settings_fail_at_start_naming_the_key() -> Result<()> {
                 "--no-console",
             ])
             .env_remove("RUST_LOG")
+            .current_dir(dir.path())
             .output()?;
         ensure!(!out.status.success(), "{set} must fail");
         let err = String::from_utf8_lossy(&out.stderr);
