@@ -36,10 +36,14 @@ pub mod guide {}
 
 pub use rows::{DailyVisitorsRow, DeadLetterRow, FunnelRow};
 
-/// The job's own settings (`[job]`). None yet; unknown keys are rejected.
+/// The job's own settings (`[job]`); unknown keys are rejected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Settings {}
+pub struct Settings {
+    /// `[job.alerts]`: detection windows and thresholds of the `alerts` table.
+    #[serde(default)]
+    pub alerts: tables::alerts::AlertSettings,
+}
 
 /// The customer-analytics job.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,13 +53,14 @@ pub struct CustomerAnalytics;
 pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
 
 /// Output tables, in a stable order.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "daily_visitors",
     "session_funnel_daily",
     "cart_abandonment_daily",
     "category_hourly",
     "category_weekday",
     "brand_daily",
+    "alerts",
     "dead_letters",
 ];
 
@@ -111,7 +116,8 @@ impl Job for CustomerAnalytics {
     }
 
     fn build<'s>(&self, df: &mut Dataflow<'s>) -> Result<(), BuildError> {
-        let _settings: Settings = df.settings()?;
+        let settings: Settings = df.settings()?;
+        let alert_rules = settings.alerts.rules()?;
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
         let events = input.records;
         let clicks = events.clone().map(|e| Click::from(&e));
@@ -134,6 +140,8 @@ impl Job for CustomerAnalytics {
             tables::categories::category_weekday(&events),
         )?;
         df.sink("brand_daily", tables::brands::brand_daily(&events))?;
+
+        df.sink("alerts", tables::alerts::alerts(&events, &alert_rules))?;
 
         // dead_letters
         df.sink(

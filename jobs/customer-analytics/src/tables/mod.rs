@@ -5,5 +5,6 @@ pub mod abandonment;
 pub mod brands;
 pub mod categories;
 pub mod counters;
+pub mod alerts;
 pub mod funnels;
 pub mod visitors;

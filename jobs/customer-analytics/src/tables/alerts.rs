@@ -1,0 +1,647 @@
+//! `alerts`: bots, DDoS bursts and traffic spikes detected in event time.
+//!
+//! ```text
+//!  events ─ (time, user, ip, is_view)
+//!    ├─ (user:U | ip:I, time) ── windowed_counts(bot windows) ─┬─ user >= bot_user_events ──── bot/user_rate ─┐
+//!    │                                                          ├─ ip   >= bot_ip_events ────── bot/ip_rate ───┤
+//!    ├─ (user:U, time) of non-views ── windowed_counts ─────────┴─ pure_bursts(user totals) ─── bot/view_burst ┤
+//!    ├─ (global, time) ── windowed_counts(global windows) ── baseline_surges ─┬─ rate surge ∧ ips surge: ddos ─┤
+//!    └─ (global, (time, ip)) ── windowed_distinct ─────────── baseline_surges ─┴─ rate surge ∧ ¬ips: spike ────┤
+//!                                                                                                             ▼
+//!                               merge_windows per (kind, subject) ── alert_id, severity ──▶ alerts
+//! ```
+//!
+//! Rules (defaults in [`AlertSettings`]; `docs/output-contract.md` states them in full):
+//! - `bot`, per subject `user:<id>` and `ip:<address>`, over sliding windows of
+//!   `bot_window_buckets` buckets of `bot_bucket_ms` (5 minutes sliding by 1 minute):
+//!   `user_rate` when a user has at least `bot_user_events` events in a window, `ip_rate`
+//!   when an ip has at least `bot_ip_events`, `view_burst` when a user has at least
+//!   `bot_view_burst_events` events in a window and all of them are views.
+//! - Global, over tumbling windows of `global_window_ms`, each against its baseline: the
+//!   lower median of the non-empty windows among the `baseline_windows` before it (none when
+//!   fewer than `baseline_min_windows` are non-empty). The rate surges when the window's
+//!   events reach `max(global_min_events, ceil(rate_multiplier x baseline))`; distinct ips
+//!   surge likewise with `ip_multiplier` and `global_min_ips`. `ddos` (rule
+//!   `distinct_ips`) when both surge: more traffic carried by many more sources.
+//!   `traffic_spike` (rule `global_rate`) when the rate surges without the ips.
+//! - Alerting windows of the same `(kind, subject)` that overlap or touch are merged into
+//!   one alert spanning them; `observed`/`threshold`/`rule` are those of its strongest
+//!   window (largest observed/threshold, ties by the earliest window, then rule order).
+//!   `severity` is `critical` when observed >= `critical_ratio` x threshold, else `warning`.
+//! - `alert_id` = FNV-1a 64 over `kind`, 0x1F, the subject text, 0x1F, `window_start` as
+//!   8 big-endian bytes (two's complement ms), printed as 16 lower-case hex digits.
+//!
+//! Events without an ip count for users and the global rate, not for ip rules. Every row
+//! is a function of the events read so far (streaming equals batch): a late event can
+//! create, change or remove an alert. Not built here: `pipeline` alerts (they need the
+//! engine's lag metrics and depend on wall clock) and notifications.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use cap_connectors::clickstream::{Event, EventType};
+use cap_engine::config::ConfigError;
+use cap_engine::sink::TableRow;
+use cap_engine::time::{format_rfc3339, ms_from_civil};
+use cap_operators::anomaly::{
+    baseline_surges, merge_windows, pure_bursts, windowed_counts, windowed_distinct, BaselineRule,
+    Multiplier, Surge, Window, Windows,
+};
+use compact_str::CompactString;
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+
+/// The `[job.alerts]` settings; every key is optional (defaults below).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// Bucket of the per-subject (bot) windows, in ms (default 60 000: one minute).
+    pub bot_bucket_ms: i64,
+    /// Buckets per sliding bot window (default 5: five-minute windows sliding by a minute).
+    pub bot_window_buckets: u32,
+    /// Events of one user in a bot window that make it a bot (default 300: one event per
+    /// second sustained for five minutes, beyond a person reading pages).
+    pub bot_user_events: u64,
+    /// Events of one ip in a bot window that make it a bot (default 300; raise it where
+    /// many users share an address, e.g. behind a carrier NAT).
+    pub bot_ip_events: u64,
+    /// Events of one user in a bot window, all views, that make it a bot (default 100).
+    pub bot_view_burst_events: u64,
+    /// Length of the tumbling global windows, in ms (default 30 000).
+    pub global_window_ms: i64,
+    /// Previous global windows the baseline looks at (default 20: ten minutes).
+    pub baseline_windows: u32,
+    /// Fewest non-empty previous windows for a baseline to exist (default 10).
+    pub baseline_min_windows: u32,
+    /// A window's events surge at `rate_multiplier` x baseline (default 1.5).
+    pub rate_multiplier: f64,
+    /// ... and never below this many events (default 100).
+    pub global_min_events: u64,
+    /// A window's distinct ips surge at `ip_multiplier` x baseline (default 1.2).
+    pub ip_multiplier: f64,
+    /// ... and never below this many ips (default 50).
+    pub global_min_ips: u64,
+    /// `critical` when observed >= `critical_ratio` x threshold (default 2.0).
+    pub critical_ratio: f64,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            bot_bucket_ms: 60_000,
+            bot_window_buckets: 5,
+            bot_user_events: 300,
+            bot_ip_events: 300,
+            bot_view_burst_events: 100,
+            global_window_ms: 30_000,
+            baseline_windows: 20,
+            baseline_min_windows: 10,
+            rate_multiplier: 1.5,
+            global_min_events: 100,
+            ip_multiplier: 1.2,
+            global_min_ips: 50,
+            critical_ratio: 2.0,
+        }
+    }
+}
+
+/// Validated alert rules, ready for [`alerts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertRules {
+    /// Sliding per-subject windows.
+    pub bot_windows: Windows,
+    /// Per-user event threshold.
+    pub user_events: u64,
+    /// Per-ip event threshold.
+    pub ip_events: u64,
+    /// View-only burst threshold.
+    pub view_burst_events: u64,
+    /// Tumbling global windows.
+    pub global_windows: Windows,
+    /// Global event-rate baseline.
+    pub rate: BaselineRule,
+    /// Global distinct-ip baseline.
+    pub ips: BaselineRule,
+    /// Severity boundary.
+    pub critical: Multiplier,
+}
+
+fn invalid(key: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("job.alerts.{key}"),
+        reason,
+    }
+}
+
+fn at_least_one(key: &str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "must be >= 1".into()));
+    }
+    Ok(v)
+}
+
+fn multiplier(key: &str, m: f64) -> Result<Multiplier, ConfigError> {
+    if !(1.0..=1e6).contains(&m) {
+        return Err(invalid(
+            key,
+            format!("must be a number in [1, 1000000], got {m}"),
+        ));
+    }
+    Multiplier::new(m).ok_or_else(|| invalid(key, format!("must be a finite number, got {m}")))
+}
+
+const MAX_WINDOW_MS: i64 = 7 * 86_400_000;
+
+impl AlertSettings {
+    /// Checks every key; errors name it (`job.alerts.<key>`) and say why.
+    pub fn rules(&self) -> Result<AlertRules, ConfigError> {
+        if !(1000..=MAX_WINDOW_MS).contains(&self.bot_bucket_ms) {
+            return Err(invalid(
+                "bot_bucket_ms",
+                format!(
+                    "must be in 1000..={MAX_WINDOW_MS} ms, got {}",
+                    self.bot_bucket_ms
+                ),
+            ));
+        }
+        if !(1..=1440).contains(&self.bot_window_buckets) {
+            return Err(invalid(
+                "bot_window_buckets",
+                format!("must be in 1..=1440, got {}", self.bot_window_buckets),
+            ));
+        }
+        if !(1000..=MAX_WINDOW_MS).contains(&self.global_window_ms) {
+            return Err(invalid(
+                "global_window_ms",
+                format!(
+                    "must be in 1000..={MAX_WINDOW_MS} ms, got {}",
+                    self.global_window_ms
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&self.baseline_windows) {
+            return Err(invalid(
+                "baseline_windows",
+                format!("must be in 1..=10000, got {}", self.baseline_windows),
+            ));
+        }
+        if !(1..=self.baseline_windows).contains(&self.baseline_min_windows) {
+            return Err(invalid(
+                "baseline_min_windows",
+                format!(
+                    "must be in 1..=job.alerts.baseline_windows ({}), got {}",
+                    self.baseline_windows, self.baseline_min_windows
+                ),
+            ));
+        }
+        let windows_err = |key: &str| invalid(key, "is not a valid window".into());
+        Ok(AlertRules {
+            bot_windows: Windows::new(self.bot_bucket_ms, self.bot_window_buckets)
+                .ok_or_else(|| windows_err("bot_bucket_ms"))?,
+            user_events: at_least_one("bot_user_events", self.bot_user_events)?,
+            ip_events: at_least_one("bot_ip_events", self.bot_ip_events)?,
+            view_burst_events: at_least_one("bot_view_burst_events", self.bot_view_burst_events)?,
+            global_windows: Windows::tumbling(self.global_window_ms)
+                .ok_or_else(|| windows_err("global_window_ms"))?,
+            rate: BaselineRule {
+                history: self.baseline_windows,
+                min_history: self.baseline_min_windows,
+                multiplier: multiplier("rate_multiplier", self.rate_multiplier)?,
+                floor: at_least_one("global_min_events", self.global_min_events)?,
+            },
+            ips: BaselineRule {
+                history: self.baseline_windows,
+                min_history: self.baseline_min_windows,
+                multiplier: multiplier("ip_multiplier", self.ip_multiplier)?,
+                floor: at_least_one("global_min_ips", self.global_min_ips)?,
+            },
+            critical: multiplier("critical_ratio", self.critical_ratio)?,
+        })
+    }
+}
+
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A user or ip behaving like a scraper.
+    Bot,
+    /// A traffic surge carried by a surge of distinct sources.
+    Ddos,
+    /// A traffic surge without a surge of sources.
+    TrafficSpike,
+    /// The pipeline itself (lag, failing checkpoints). Reserved: not produced yet (it needs
+    /// the engine's lag metrics, depends on wall clock and is exempt from exactly-once).
+    Pipeline,
+}
+
+impl AlertKind {
+    /// The name in the table (`bot`, `ddos`, `traffic_spike`, `pipeline`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::Bot => "bot",
+            AlertKind::Ddos => "ddos",
+            AlertKind::TrafficSpike => "traffic_spike",
+            AlertKind::Pipeline => "pipeline",
+        }
+    }
+}
+
+/// Which rule raised an alert (in tie-break order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Events of one user in a window.
+    UserRate,
+    /// Events of one ip in a window.
+    IpRate,
+    /// Events of one user in a window, all views.
+    ViewBurst,
+    /// Distinct ips in a global window against their baseline (with the rate surging too).
+    DistinctIps,
+    /// Events in a global window against their baseline.
+    GlobalRate,
+}
+
+/// `warning` or `critical`, by observed / threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Observed below `critical_ratio` x threshold.
+    Warning,
+    /// Observed at least `critical_ratio` x threshold.
+    Critical,
+}
+
+/// An instant: RFC 3339 text in human-readable formats (JSON output), UTC milliseconds in
+/// binary ones (bincode, between workers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rfc3339(pub i64);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&format_rfc3339(self.0))
+        } else {
+            s.serialize_i64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rfc3339 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rfc3339, D::Error> {
+        if d.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            parse_rfc3339(&text).map(Rfc3339).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a UTC time like 2019-11-01T13:00:00Z"
+                ))
+            })
+        } else {
+            i64::deserialize(d).map(Rfc3339)
+        }
+    }
+}
+
+/// Parses what [`format_rfc3339`] prints: `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let s = b.get(r)?;
+        if !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    let ms = match b.len() {
+        20 if b[19] == b'Z' => 0,
+        24 if b[19] == b'.' && b[23] == b'Z' => num(20..23)?,
+        _ => return None,
+    };
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)? as i32, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || d == 0 || d > 31 || h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    Some(ms_from_civil(y, mo, d, h, mi, s, ms))
+}
+
+/// One row of `alerts`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlertRow {
+    /// FNV-1a 64 of (kind, subject, window_start), 16 hex digits (see the module docs).
+    pub alert_id: String,
+    /// What the alert is about.
+    pub kind: AlertKind,
+    /// `user:<id>`, `ip:<address>` or `global`.
+    pub subject: String,
+    /// Start of the (merged) alerting window.
+    pub window_start: Rfc3339,
+    /// End of the (merged) alerting window (exclusive).
+    pub window_end: Rfc3339,
+    /// The strongest window's count (events, or distinct ips for `ddos`).
+    pub observed: u64,
+    /// The threshold that window reached.
+    pub threshold: u64,
+    /// `warning` or `critical`.
+    pub severity: Severity,
+    /// The rule of the strongest window.
+    pub rule: Rule,
+}
+
+/// Primary key of `alerts`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct AlertKey {
+    /// The alert id.
+    pub alert_id: String,
+}
+
+impl TableRow for AlertRow {
+    type Key = AlertKey;
+    fn key(&self) -> AlertKey {
+        AlertKey {
+            alert_id: self.alert_id.clone(),
+        }
+    }
+}
+
+/// The 64-bit FNV-1a hash of `bytes` (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+pub fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// `alert_id` of (kind, subject, window_start): see the module docs.
+pub fn alert_id(kind: AlertKind, subject: &str, window_start_ms: i64) -> String {
+    let bytes = kind
+        .name()
+        .bytes()
+        .chain([0x1f])
+        .chain(subject.bytes())
+        .chain([0x1f])
+        .chain(window_start_ms.to_be_bytes());
+    format!("{:016x}", fnv1a64(bytes))
+}
+
+/// Who an alert is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Subject {
+    /// The whole stream.
+    Global,
+    /// A user id.
+    User(u64),
+    /// A client ip.
+    Ip(CompactString),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Global => f.write_str("global"),
+            Subject::User(u) => write!(f, "user:{u}"),
+            Subject::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
+/// One alerting window: which rule, what it saw, what it needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Finding {
+    /// The rule.
+    pub rule: Rule,
+    /// Count in the window.
+    pub observed: u64,
+    /// Threshold it reached.
+    pub threshold: u64,
+}
+
+/// Orders findings by observed / threshold (exact, by cross-multiplication).
+pub fn stronger(a: &Finding, b: &Finding) -> Ordering {
+    (u128::from(a.observed) * u128::from(b.threshold))
+        .cmp(&(u128::from(b.observed) * u128::from(a.threshold)))
+}
+
+/// The per-event projection the detectors need.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Signal {
+    time: i64,
+    user: u64,
+    ip: Option<CompactString>,
+    view: bool,
+}
+
+type Candidate = ((AlertKind, Subject), (Window, Finding));
+
+/// The `alerts` rows of `events` under `rules` (see the module docs).
+pub fn alerts<'s>(
+    events: &VecCollection<'s, u64, Event>,
+    rules: &AlertRules,
+) -> VecCollection<'s, u64, AlertRow> {
+    let r = *rules;
+    let signals = events.clone().map(|e| Signal {
+        time: e.event_time,
+        user: e.user_id,
+        ip: e.ip.clone(),
+        view: e.event_type == EventType::View,
+    });
+
+    // bot: fixed thresholds per user and per ip, and view-only bursts per user.
+    let subject_times = signals.clone().flat_map(|s| {
+        let ip = s.ip.map(|ip| (Subject::Ip(ip), s.time));
+        std::iter::once((Subject::User(s.user), s.time)).chain(ip)
+    });
+    let totals = windowed_counts(subject_times, r.bot_windows);
+    let rates = totals.clone().flat_map(move |((subject, w), n)| {
+        let (rule, threshold) = match subject {
+            Subject::User(_) => (Rule::UserRate, r.user_events),
+            Subject::Ip(_) => (Rule::IpRate, r.ip_events),
+            Subject::Global => return None,
+        };
+        (n >= threshold).then_some(bot(subject, w, rule, n, threshold))
+    });
+    let user_totals = totals.filter(|((s, _), _)| matches!(s, Subject::User(_)));
+    let non_views = windowed_counts(
+        signals
+            .clone()
+            .filter(|s| !s.view)
+            .map(|s| (Subject::User(s.user), s.time)),
+        r.bot_windows,
+    );
+    let bursts = pure_bursts(user_totals, non_views, r.view_burst_events)
+        .map(move |((subject, w), n)| bot(subject, w, Rule::ViewBurst, n, r.view_burst_events));
+
+    // Global: the event rate and distinct ips, each against its baseline.
+    let global_counts = windowed_counts(signals.clone().map(|s| ((), s.time)), r.global_windows);
+    let rate_surges =
+        baseline_surges(global_counts, r.global_windows, r.rate).map(|(((), w), s)| (w, s));
+    let ip_counts = windowed_distinct(
+        signals.flat_map(|s| s.ip.map(|ip| ((), (s.time, ip)))),
+        r.global_windows,
+    );
+    let ip_surges = baseline_surges(ip_counts, r.global_windows, r.ips).map(|(((), w), s)| (w, s));
+    let surging_rate = rate_surges.clone().map(|(w, _)| w);
+    let ddos = ip_surges
+        .clone()
+        .semijoin(surging_rate)
+        .map(|(w, s)| global(AlertKind::Ddos, w, Rule::DistinctIps, s));
+    let spikes = rate_surges
+        .antijoin(ip_surges.map(|(w, _)| w))
+        .map(|(w, s)| global(AlertKind::TrafficSpike, w, Rule::GlobalRate, s));
+
+    let candidates = rates.concat(bursts).concat(ddos).concat(spikes);
+    merge_windows(candidates, stronger).map(move |((kind, subject), (w, f))| {
+        let subject = subject.to_string();
+        let severity = if u128::from(f.observed) * 1000
+            >= u128::from(f.threshold) * u128::from(r.critical.milli())
+        {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        AlertRow {
+            alert_id: alert_id(kind, &subject, w.start),
+            kind,
+            subject,
+            window_start: Rfc3339(w.start),
+            window_end: Rfc3339(w.end),
+            observed: f.observed,
+            threshold: f.threshold,
+            severity,
+            rule: f.rule,
+        }
+    })
+}
+
+fn bot(subject: Subject, w: Window, rule: Rule, observed: u64, threshold: u64) -> Candidate {
+    (
+        (AlertKind::Bot, subject),
+        (
+            w,
+            Finding {
+                rule,
+                observed,
+                threshold,
+            },
+        ),
+    )
+}
+
+fn global(kind: AlertKind, w: Window, rule: Rule, s: Surge) -> Candidate {
+    (
+        (kind, Subject::Global),
+        (
+            w,
+            Finding {
+                rule,
+                observed: s.observed,
+                threshold: s.threshold,
+            },
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_rows_round_trip_through_the_wire_format() -> anyhow::Result<()> {
+        let start = ms_from_civil(2019, 11, 1, 13, 5, 0, 0);
+        let row = AlertRow {
+            alert_id: alert_id(AlertKind::Bot, "user:512200000", start),
+            kind: AlertKind::Bot,
+            subject: "user:512200000".into(),
+            window_start: Rfc3339(start),
+            window_end: Rfc3339(start + 300_000),
+            observed: 1519,
+            threshold: 300,
+            severity: Severity::Critical,
+            rule: Rule::UserRate,
+        };
+        assert_eq!(
+            bincode::deserialize::<AlertRow>(&bincode::serialize(&row)?)?,
+            row
+        );
+        let json = serde_json::to_value(&row)?;
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "alert_id": row.alert_id,
+                "kind": "bot",
+                "subject": "user:512200000",
+                "window_start": "2019-11-01T13:05:00Z",
+                "window_end": "2019-11-01T13:10:00Z",
+                "observed": 1519,
+                "threshold": 300,
+                "severity": "critical",
+                "rule": "user_rate",
+            })
+        );
+        assert_eq!(serde_json::from_value::<AlertRow>(json)?, row);
+        Ok(())
+    }
+
+    #[test]
+    fn alert_ids_are_fnv1a_of_the_canonical_bytes() {
+        // FNV-1a 64 reference values.
+        assert_eq!(fnv1a64(*b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(*b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(*b"foobar"), 0x8594_4171_f739_67e8);
+        let id = alert_id(AlertKind::Ddos, "global", 1_572_600_000_000);
+        assert_eq!(id.len(), 16);
+        assert_ne!(id, alert_id(AlertKind::Ddos, "global", 1_572_600_030_000));
+        assert_ne!(
+            id,
+            alert_id(AlertKind::TrafficSpike, "global", 1_572_600_000_000)
+        );
+    }
+
+    #[test]
+    fn rfc3339_parses_what_it_prints() {
+        for ms in [0, 1_572_600_123_000, 1_572_600_123_456] {
+            assert_eq!(parse_rfc3339(&format_rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339("2019-11-01 13:00:00Z"), None);
+    }
+
+    #[test]
+    fn invalid_settings_name_the_key() {
+        let bad = |f: fn(&mut AlertSettings)| {
+            let mut s = AlertSettings::default();
+            f(&mut s);
+            match s.rules() {
+                Err(ConfigError::Invalid { key, .. }) => key,
+                other => panic!("expected an invalid key, got {other:?}"),
+            }
+        };
+        assert!(AlertSettings::default().rules().is_ok());
+        assert_eq!(
+            bad(|s| s.baseline_min_windows = 30),
+            "job.alerts.baseline_min_windows"
+        );
+        assert_eq!(
+            bad(|s| s.rate_multiplier = 0.5),
+            "job.alerts.rate_multiplier"
+        );
+        assert_eq!(
+            bad(|s| s.ip_multiplier = f64::NAN),
+            "job.alerts.ip_multiplier"
+        );
+        assert_eq!(bad(|s| s.bot_user_events = 0), "job.alerts.bot_user_events");
+        assert_eq!(
+            bad(|s| s.global_window_ms = 10),
+            "job.alerts.global_window_ms"
+        );
+        assert_eq!(
+            bad(|s| s.bot_window_buckets = 0),
+            "job.alerts.bot_window_buckets"
+        );
+    }
+}
