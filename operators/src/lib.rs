@@ -12,6 +12,7 @@
 //! | [`funnel::ordered_funnel`] | per unit (session, user), the funnel step reached and the unit's first time |
 //! | [`funnel::funnel_step_counts`] | per bucket and step, the units that reached at least that step |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
+//! | [`kmeans::kmeans_segments`] | per key, the nearest k-means centroid over standardized log1p traits, refit on a count-driven schedule |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -34,6 +35,7 @@
 
 pub mod distinct;
 pub mod funnel;
+pub mod kmeans;
 pub mod local;
 pub mod testing;
 
