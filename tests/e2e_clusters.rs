@@ -133,7 +133,9 @@ fn check_consistency(csv: &Path, out: &Path, k: usize) -> Result<()> {
     };
     for (user, (cluster, distance)) in &rows {
         let z = features.get(user).context("features")?;
-        let (centre, _) = centroids.get(cluster).context("row's cluster has no centroid")?;
+        let (centre, _) = centroids
+            .get(cluster)
+            .context("row's cluster has no centroid")?;
         let expected = dist(z, centre);
         ensure!(
             (expected - distance).abs() <= DISTANCE_TOLERANCE,
@@ -165,13 +167,7 @@ fn every_user_has_one_row_consistent_with_independent_features() -> Result<()> {
     let csv = generate(dir.path(), 60_000, 11)?;
     let out = dir.path().join("out");
     // Small epochs and a low first-fit threshold: many refits and re-assignments.
-    run(
-        &csv,
-        &out,
-        2,
-        2000,
-        &["--set", "job.clusters.min_users=50"],
-    )?;
+    run(&csv, &out, 2, 2000, &["--set", "job.clusters.min_users=50"])?;
     check_consistency(&csv, &out, 5)
 }
 

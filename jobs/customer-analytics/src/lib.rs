@@ -13,8 +13,12 @@
 //!                                     ─ funnel_step_counts(day of first event) ─ per day ─▶ session_funnel_daily
 //! ```
 //!
+//! `customer_clusters` and `cluster_centroids` (k-means segments, `tables::clusters`) are
+//! built from the events directly.
+//!
 //! Every table is, after each epoch, exactly the batch query over all events read so far
-//! (the end-to-end test checks it against an independent batch computation).
+//! (the end-to-end test checks it against an independent batch computation), except the
+//! k-means tables, which are exact after the input ends (see their module).
 
 use std::sync::Arc;
 

@@ -96,7 +96,11 @@ impl ClusterSettings {
                 reason: reason.into(),
             })
         };
-        for (key, v) in [("k", self.k), ("n_init", self.n_init), ("max_iter", self.max_iter)] {
+        for (key, v) in [
+            ("k", self.k),
+            ("n_init", self.n_init),
+            ("max_iter", self.max_iter),
+        ] {
             if v == 0 {
                 return bad(key, "must be at least 1");
             }
@@ -285,19 +289,16 @@ pub fn cluster_traits<'s>(
     ))
     .map(|(user, n)| (user, (DISTINCT_PRODUCTS, n)));
     let sessions = distinct_count(pre_aggregate(
-        events
-            .clone()
-            .flat_map(|e| {
-                let user = e.user_id;
-                e.user_session.map(move |s| (user, s))
-            }),
+        events.clone().flat_map(|e| {
+            let user = e.user_id;
+            e.user_session.map(move |s| (user, s))
+        }),
         "cluster_user_sessions",
     ))
     .map(|(user, n)| (user, (SESSIONS, n)));
-    additive
-        .concat(products)
-        .concat(sessions)
-        .reduce_named("ClusterTraits", |_user: &u64, input, output| {
+    additive.concat(products).concat(sessions).reduce_named(
+        "ClusterTraits",
+        |_user: &u64, input, output| {
             let mut traits: ClusterTraits = [0; 6];
             for ((which, n), diff) in input {
                 if *diff > 0 {
@@ -307,7 +308,8 @@ pub fn cluster_traits<'s>(
                 }
             }
             output.push((traits, 1isize));
-        })
+        },
+    )
 }
 
 /// `customer_clusters` and `cluster_centroids` from the events.
@@ -359,12 +361,18 @@ mod tests {
             cluster: 2,
             distance: Micros(1_234_567),
         };
-        assert_eq!(bincode::deserialize::<ClusterRow>(&bincode::serialize(&r)?)?, r);
+        assert_eq!(
+            bincode::deserialize::<ClusterRow>(&bincode::serialize(&r)?)?,
+            r
+        );
         assert_eq!(
             serde_json::to_value(&r)?,
             serde_json::json!({"user_id": 7, "cluster": 2, "distance": 1.234567})
         );
-        assert_eq!(serde_json::from_str::<ClusterRow>(&serde_json::to_string(&r)?)?, r);
+        assert_eq!(
+            serde_json::from_str::<ClusterRow>(&serde_json::to_string(&r)?)?,
+            r
+        );
         let c = CentroidRow {
             cluster: 0,
             views_z: Micros(-1),
@@ -375,7 +383,10 @@ mod tests {
             sessions_z: Micros(100_000),
             size: 42,
         };
-        assert_eq!(bincode::deserialize::<CentroidRow>(&bincode::serialize(&c)?)?, c);
+        assert_eq!(
+            bincode::deserialize::<CentroidRow>(&bincode::serialize(&c)?)?,
+            c
+        );
         let json = serde_json::to_value(&c)?;
         assert_eq!(json["views_z"], serde_json::json!(-0.000001));
         assert_eq!(json["revenue_z"], serde_json::json!(-987.654321));
@@ -389,7 +400,11 @@ mod tests {
         assert_eq!((s.k, s.n_init, s.seed), (5, 10, 0));
         assert!(s.validate().is_ok());
         let bad = ClusterSettings { k: 0, ..s.clone() };
-        let err = bad.validate().map_err(|e| e.to_string()).err().unwrap_or_default();
+        let err = bad
+            .validate()
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("job.clusters.k"), "{err}");
         let bad = ClusterSettings {
             tolerance: f64::NAN,
