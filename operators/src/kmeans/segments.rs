@@ -727,16 +727,20 @@ where
                             for (key, m) in members.iter_mut() {
                                 refresh(key, m);
                             }
-                        } else {
-                            touched.sort();
-                            touched.dedup();
-                            for key in &touched {
-                                if let Some(m) = members.get_mut(key) {
+                        }
+                        touched.sort();
+                        touched.dedup();
+                        for key in &touched {
+                            if let Some(m) = members.get_mut(key) {
+                                if !reassign_all {
                                     refresh(key, m);
+                                }
+                                // Only keys touched now can have lost their traits.
+                                if m.traits.is_empty() {
+                                    members.remove(key);
                                 }
                             }
                         }
-                        members.retain(|_, m| !m.traits.is_empty());
                     }
                 }
             },
