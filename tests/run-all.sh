@@ -19,6 +19,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked || true
 fi
 
+# Python test dependencies: scikit-learn (from PyPI) for the k-means quality comparison in
+# tests/e2e_clusters.rs. Installed only when missing; the test itself fails if it cannot be.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import sklearn, numpy" >/dev/null 2>&1; then
+    log "installing python test dependencies (scikit-learn)"
+    python3 -m pip install --quiet scikit-learn \
+        || echo "warning: could not install scikit-learn; the k-means quality test will fail" >&2
+fi
+
 log "building the workspace (dev profile, shared by tests and binaries)"
 cargo build --workspace --all-targets --locked
 

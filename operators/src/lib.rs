@@ -14,6 +14,7 @@
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
 //! | [`aggregate::sum_by_key`] | per key, the sum of monoid contributions such as [`counters!`] structs |
 //! | [`topk::top_k`] | per group, the k first values under a total order, ranked 1..=k |
+//! | [`kmeans::kmeans_segments`] | per key, the nearest k-means centroid over standardized log1p traits, refit on a count-driven schedule |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -38,6 +39,7 @@ pub mod aggregate;
 pub mod anomaly;
 pub mod distinct;
 pub mod funnel;
+pub mod kmeans;
 pub mod local;
 pub mod testing;
 pub mod topk;

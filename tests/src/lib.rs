@@ -17,6 +17,7 @@ use chrono::{Datelike, NaiveDateTime};
 use serde_json::Value;
 
 pub mod batch_aggregates;
+pub mod batch_clusters;
 
 /// The `customer-analytics` binary of this build, rebuilt first (a no-op when it is up to
 /// date) so a test never runs a stale binary.

@@ -16,9 +16,12 @@
 //! `cart_abandonment_daily`, `category_hourly`, `category_weekday` and `brand_daily` are
 //! built from the full events (see their modules in [`tables`]), with monoid counters summed
 //! per key (`cap_operators::aggregate`) and top-k ranking (`cap_operators::topk`).
+//! `customer_clusters` and `cluster_centroids` (k-means segments, `tables::clusters`) are
+//! built from the events directly.
 //!
 //! Every table is, after each epoch, exactly the batch query over all events read so far
-//! (the end-to-end test checks it against an independent batch computation).
+//! (the end-to-end test checks it against an independent batch computation), except the
+//! k-means tables, which are exact after the input ends (see their module).
 
 use std::sync::Arc;
 
@@ -43,6 +46,9 @@ pub struct Settings {
     /// `[job.alerts]`: detection windows and thresholds of the `alerts` table.
     #[serde(default)]
     pub alerts: tables::alerts::AlertSettings,
+    /// `[job.clusters]`: the k-means segmentation.
+    #[serde(default)]
+    pub clusters: tables::clusters::ClusterSettings,
 }
 
 /// The customer-analytics job.
@@ -53,7 +59,7 @@ pub struct CustomerAnalytics;
 pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
 
 /// Output tables, in a stable order.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 10] = [
     "daily_visitors",
     "session_funnel_daily",
     "cart_abandonment_daily",
@@ -61,6 +67,8 @@ pub const TABLES: [&str; 8] = [
     "category_weekday",
     "brand_daily",
     "alerts",
+    "customer_clusters",
+    "cluster_centroids",
     "dead_letters",
 ];
 
@@ -118,6 +126,7 @@ impl Job for CustomerAnalytics {
     fn build<'s>(&self, df: &mut Dataflow<'s>) -> Result<(), BuildError> {
         let settings: Settings = df.settings()?;
         let alert_rules = settings.alerts.rules()?;
+        settings.clusters.validate()?;
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
         let events = input.records;
         let clicks = events.clone().map(|e| Click::from(&e));
@@ -142,6 +151,10 @@ impl Job for CustomerAnalytics {
         df.sink("brand_daily", tables::brands::brand_daily(&events))?;
 
         df.sink("alerts", tables::alerts::alerts(&events, &alert_rules))?;
+
+        let clusters = tables::clusters::customer_clusters(&events, &settings.clusters);
+        df.sink("customer_clusters", clusters.customers)?;
+        df.sink("cluster_centroids", clusters.centroids)?;
 
         // dead_letters
         df.sink(

@@ -6,5 +6,6 @@ pub mod brands;
 pub mod categories;
 pub mod counters;
 pub mod alerts;
+pub mod clusters;
 pub mod funnels;
 pub mod visitors;
