@@ -19,8 +19,8 @@ use serde_json::Value;
 pub mod batch_aggregates;
 pub mod batch_clusters;
 
-/// The `customer-analytics` binary of this build, rebuilt first (a no-op when it is up to
-/// date) so a test never runs a stale binary.
+/// The `customer-analytics` binary of this build, rebuilt first with the workspace build
+/// (a no-op when it is up to date) so a test never runs a stale binary.
 pub fn job_binary() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -35,14 +35,10 @@ pub fn job_binary() -> Result<PathBuf> {
             let bin = profile_dir.join("customer-analytics");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "customer-analytics",
-                "--bin",
-                "customer-analytics",
-            ]);
+            // Exactly the build tests/run-all.sh does first, so this is a no-op there. A
+            // narrower build (`-p customer-analytics`) would unify features differently and
+            // compile a second copy of the dependency graph (time and disk).
+            cmd.args(["build", "--quiet", "--workspace", "--all-targets", "--locked"]);
             if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
                 cmd.arg("--release");
             }
