@@ -12,6 +12,7 @@
 //! | [`funnel::ordered_funnel`] | per unit (session, user), the funnel step reached and the unit's first time |
 //! | [`funnel::funnel_step_counts`] | per bucket and step, the units that reached at least that step |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
+//! | [`traits`] | per key: sums of monoid values, min/max, distinct counts, top-k by frequency; a collection's max |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -36,5 +37,6 @@ pub mod distinct;
 pub mod funnel;
 pub mod local;
 pub mod testing;
+pub mod traits;
 
 pub use differential_dataflow::VecCollection;
