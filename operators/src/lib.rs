@@ -12,6 +12,7 @@
 //! | [`funnel::ordered_funnel`] | per unit (session, user), the funnel step reached and the unit's first time |
 //! | [`funnel::funnel_step_counts`] | per bucket and step, the units that reached at least that step |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
+//! | [`segments::segments`] | per key, the named rules (a [`predicate`] language over traits, the watermark and quantiles) it satisfies |
 //! | [`traits`] | per key: sums of monoid values, min/max, distinct counts, top-k by frequency; a collection's max |
 //!
 //! ```
@@ -36,6 +37,8 @@
 pub mod distinct;
 pub mod funnel;
 pub mod local;
+pub mod predicate;
+pub mod segments;
 pub mod testing;
 pub mod traits;
 
