@@ -1,7 +1,8 @@
 //! `customer-analytics`: the flagship CAP job, computing the output contract
 //! (`docs/output-contract.md`) incrementally over a clickstream.
 //!
-//! This slice computes `daily_visitors`, `session_funnel_daily` and `dead_letters`:
+//! This slice computes `daily_visitors`, `session_funnel_daily`, `customer_traits` and
+//! `segments` (see `tables::customers` for their dataflow), and `dead_letters`:
 //!
 //! ```text
 //!  clickstream ──decode──┬── dead letters ──────────────────────────────────▶ dead_letters
@@ -32,10 +33,15 @@ pub mod guide {}
 
 pub use rows::{DailyVisitorsRow, DeadLetterRow, FunnelRow};
 
-/// The job's own settings (`[job]`). None yet; unknown keys are rejected.
+/// The job's own settings (`[job]`); unknown keys are rejected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Settings {}
+pub struct Settings {
+    /// `[job.segments]`: segment name -> rule (docs/segments.md). The embedded defaults
+    /// define eight; a layer may add rules, change them, or disable one with `""`.
+    #[serde(default)]
+    pub segments: std::collections::BTreeMap<String, String>,
+}
 
 /// The customer-analytics job.
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,7 +51,13 @@ pub struct CustomerAnalytics;
 pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
 
 /// Output tables, in a stable order.
-pub const TABLES: [&str; 3] = ["daily_visitors", "session_funnel_daily", "dead_letters"];
+pub const TABLES: [&str; 5] = [
+    "daily_visitors",
+    "session_funnel_daily",
+    "customer_traits",
+    "segments",
+    "dead_letters",
+];
 
 /// The per-event projection the tables need: small, so fanning it out is cheap.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -99,7 +111,8 @@ impl Job for CustomerAnalytics {
     }
 
     fn build<'s>(&self, df: &mut Dataflow<'s>) -> Result<(), BuildError> {
-        let _settings: Settings = df.settings()?;
+        let settings: Settings = df.settings()?;
+        let segment_rules = tables::customers::segment_rules(&settings.segments)?;
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
         let events = input.records;
         let clicks = events.clone().map(|e| Click::from(&e));
@@ -109,6 +122,13 @@ impl Job for CustomerAnalytics {
             "session_funnel_daily",
             tables::funnels::session_funnel_daily(&clicks),
         )?;
+
+        let traits = tables::customers::customer_traits(&events);
+        df.sink(
+            "segments",
+            tables::customers::segments(&traits, &events, &segment_rules),
+        )?;
+        df.sink("customer_traits", traits)?;
 
         // dead_letters
         df.sink(

@@ -1,5 +1,6 @@
 //! One module per output table (or family of tables): each builds its rows from the
 //! decoded clicks and nothing else, so tables can be read, tested and changed alone.
 
+pub mod customers;
 pub mod funnels;
 pub mod visitors;
