@@ -11,6 +11,7 @@
 //! | [`count_distinct_by_key`] | number of distinct values | one entry per distinct `(key, value)` |
 //! | [`top_k_by_count`] | the `k` most frequent values, ties by value ascending | one entry per distinct `(key, value)` |
 //! | [`max_of`] | (no key) the greatest value of a whole collection | one entry per distinct value |
+//! | [`combine_by_key`] | a function of the key's few current parts (e.g. the outputs above) | the parts, in a hash map |
 //!
 //! **Additive traits are algebra.** [`sum_by_key`] moves each fact into the *difference*
 //! of its key (`explode`), so that differential accumulates it in place: the arrangement
@@ -27,17 +28,28 @@
 //! distinct values a key has (a user's distinct products, sessions, categories, or event
 //! times), never with the number of events beyond that.
 //!
+//! **Combining parts.** A profile row is a function of the outputs above, one *part* per
+//! key from each. A `concat` + `reduce` would arrange every part a second time and the row a
+//! third; [`combine_by_key`] keeps only each key's parts, in plain vectors in a hash map,
+//! and recomputes the row from them (which it can do because epochs are totally ordered).
+//!
 //! Guarantees: after every epoch, each output equals the function applied to the
 //! accumulated input (tests compare with sequential oracles on 1 and 3 workers, with
 //! retractions). Keys whose input is empty (or, for [`sum_by_key`], whose sum is zero) are
 //! absent. Non-guarantees: values with a negative accumulated multiplicity (which a correct
 //! collection never has) are ignored rather than reported.
 
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 use differential_dataflow::difference::{Multiply, Semigroup};
+use differential_dataflow::hashable::Hashable;
 use differential_dataflow::lattice::Lattice;
-use differential_dataflow::{ExchangeData, VecCollection};
+use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
+use foldhash::fast::FixedState;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
@@ -188,6 +200,117 @@ where
         .map(|((), v)| v)
 }
 
+/// Per key, `logic(key, parts)` over the key's current parts: `(key, output)` whenever
+/// `logic` returns `Some`.
+///
+/// `parts` holds a few records per key (typically one per upstream trait operator);
+/// `logic` receives them consolidated, sorted by value, with their multiplicities (all
+/// non-zero), and must be a function of them alone. At each completed time the operator
+/// applies that time's updates, recomputes `logic` for the keys they touched, and emits the
+/// difference between the old and the new output, so the result is at every epoch exactly
+/// `logic` over the accumulated parts, like a `reduce`.
+///
+/// Unlike `reduce`, which arranges its input and its output (with times and offsets), the
+/// state is one hash-map entry per key holding its parts in an exactly sized vector; the
+/// previous output is recomputed from the previous parts rather than stored. This needs
+/// totally ordered times (epochs), which is what makes "the previous parts" well defined.
+/// Parts are routed by the key's hash, so all of a key's parts meet on one worker.
+pub fn combine_by_key<'s, T, K, P, O, L>(
+    parts: VecCollection<'s, T, (K, P), isize>,
+    name: &str,
+    mut logic: L,
+) -> VecCollection<'s, T, (K, O), isize>
+where
+    T: Timestamp + TotalOrder,
+    K: ExchangeData + Hash,
+    P: ExchangeData,
+    O: ExchangeData,
+    L: FnMut(&K, &[(P, isize)]) -> Option<O> + 'static,
+{
+    type Pending<T, K, P> = BTreeMap<T, (Capability<T>, Vec<(K, P, isize)>)>;
+    let mut pending: Pending<T, K, P> = BTreeMap::new();
+    let mut state: HashMap<K, Vec<(P, isize)>, FixedState> =
+        HashMap::with_hasher(FixedState::default());
+    let mut old: HashMap<K, Option<O>, FixedState> = HashMap::with_hasher(FixedState::default());
+    let pact = Exchange::new(|update: &((K, P), T, isize)| update.0 .0.hashed());
+    parts
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<((K, O), T, isize)>>, _, _, _>(
+            pact,
+            &format!("CombineByKey({name})"),
+            move |_cap, _info| {
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        for ((k, p), t, r) in data.drain(..) {
+                            let entry = match pending.get_mut(&t) {
+                                Some(e) => e,
+                                None => {
+                                    let Some(c) = cap.retain_least(0) else {
+                                        continue;
+                                    };
+                                    let c = c.delayed(&t);
+                                    pending.entry(t.clone()).or_insert((c, Vec::new()))
+                                }
+                            };
+                            entry.1.push((k, p, r));
+                        }
+                    });
+                    while let Some(t) = pending.keys().next().cloned() {
+                        if frontier.less_equal(&t) {
+                            break;
+                        }
+                        let Some((cap, updates)) = pending.remove(&t) else {
+                            break;
+                        };
+                        old.clear();
+                        for (k, p, r) in updates {
+                            let parts = state.entry(k.clone()).or_default();
+                            if !old.contains_key(&k) {
+                                let before = if parts.is_empty() {
+                                    None
+                                } else {
+                                    logic(&k, parts)
+                                };
+                                old.insert(k.clone(), before);
+                            }
+                            match parts.binary_search_by(|(q, _)| q.cmp(&p)) {
+                                Ok(i) => {
+                                    parts[i].1 += r;
+                                    if parts[i].1 == 0 {
+                                        parts.remove(i);
+                                    }
+                                }
+                                Err(i) => parts.insert(i, (p, r)),
+                            }
+                        }
+                        let mut session = output.session(&cap);
+                        for (k, before) in old.drain() {
+                            let after = match state.get_mut(&k) {
+                                Some(parts) if !parts.is_empty() => {
+                                    parts.shrink_to_fit();
+                                    logic(&k, parts)
+                                }
+                                _ => {
+                                    state.remove(&k);
+                                    None
+                                }
+                            };
+                            if before != after {
+                                if let Some(o) = before {
+                                    session.give(((k.clone(), o), t.clone(), -1));
+                                }
+                                if let Some(o) = after {
+                                    session.give(((k, o), t.clone(), 1));
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,8 +320,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     /// A test counter pair: (records, sum of values).
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-    #[derive(Serialize, Deserialize)]
+    #[derive(
+        Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    )]
     struct Tally {
         n: i64,
         sum: i64,
@@ -308,11 +432,7 @@ mod tests {
     fn sum_by_key_drops_keys_whose_sum_is_zero() {
         // One value 0 at key 1: the sum is (1, 0), not zero, so the key is present; a record
         // and its retraction leave nothing.
-        let updates = vec![
-            ((1u8, 0u8), 0u64, 1isize),
-            ((2, 5), 0, 1),
-            ((2, 5), 1, -1),
-        ];
+        let updates = vec![((1u8, 0u8), 0u64, 1isize), ((2, 5), 0, 1), ((2, 5), 1, -1)];
         let out = run_on_workers(2, updates, |c| {
             sum_by_key(
                 c.map(|(k, v)| {
@@ -358,24 +478,28 @@ mod tests {
     #[test]
     fn top_k_by_count_matches_oracle_with_retractions_on_1_and_3_workers() {
         for k in [1usize, 3] {
-            check("top_k_by_count", move |c| top_k_by_count(c, k), |input| {
-                let mut out = BTreeMap::new();
-                for (key, vs) in groups(input) {
-                    // Plain oracle: sort all (value, count) by count desc, value asc.
-                    let mut all: Vec<(u8, u64)> =
-                        vs.into_iter().map(|(v, d)| (v, d as u64)).collect();
-                    all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                    for (i, (value, count)) in all.into_iter().take(k).enumerate() {
-                        let r = Ranked {
-                            rank: i as u32 + 1,
-                            value,
-                            count,
-                        };
-                        out.insert((key, r), 1);
+            check(
+                "top_k_by_count",
+                move |c| top_k_by_count(c, k),
+                |input| {
+                    let mut out = BTreeMap::new();
+                    for (key, vs) in groups(input) {
+                        // Plain oracle: sort all (value, count) by count desc, value asc.
+                        let mut all: Vec<(u8, u64)> =
+                            vs.into_iter().map(|(v, d)| (v, d as u64)).collect();
+                        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                        for (i, (value, count)) in all.into_iter().take(k).enumerate() {
+                            let r = Ranked {
+                                rank: i as u32 + 1,
+                                value,
+                                count,
+                            };
+                            out.insert((key, r), 1);
+                        }
                     }
-                }
-                out
-            });
+                    out
+                },
+            );
         }
     }
 
@@ -434,6 +558,29 @@ mod tests {
                     .max()
                     .map(|m| (m, 1))
                     .into_iter()
+                    .collect()
+            },
+        );
+    }
+
+    #[test]
+    fn combine_by_key_matches_oracle_with_retractions_on_1_and_3_workers() {
+        // logic: (number of distinct parts, sum of value * multiplicity), None when the sum
+        // is 0 (so outputs also appear and disappear while parts remain).
+        fn logic(_k: &u8, parts: &[(u8, isize)]) -> Option<(usize, i64)> {
+            let sum: i64 = parts.iter().map(|(v, d)| i64::from(*v) * *d as i64).sum();
+            (sum != 0).then_some((parts.len(), sum))
+        }
+        check(
+            "combine_by_key",
+            |c| combine_by_key(c, "test", logic),
+            |input| {
+                groups(input)
+                    .into_iter()
+                    .filter_map(|(k, vs)| {
+                        let parts: Vec<(u8, isize)> = vs.into_iter().collect();
+                        logic(&k, &parts).map(|o| ((k, o), 1))
+                    })
                     .collect()
             },
         );

@@ -3,7 +3,7 @@
 //! ```text
 //!  events ─ facts (user, time, kind, product, price, session, category) ─┬─ sum_by_key(Activity) ────────┐
 //!                                                                       ├─ min_max_by_key(time) ────────┤
-//!                                                                       ├─ count_distinct_by_key(session)├─ per user ─▶ customer_traits
+//!                                                                       ├─ count_distinct_by_key(session)├─ combine_by_key ─▶ customer_traits
 //!                                                                       ├─ count_distinct_by_key(product)│
 //!                                                                       └─ top_k_by_count(category, 1) ─┘
 //!  events ─ day ─ max_of ─▶ watermark day ─┐
@@ -12,7 +12,8 @@
 //!
 //! State per user (see `cap_operators::traits`): one accumulated [`Activity`] (counters as
 //! a monoid difference: O(users)); one entry per distinct (user, event time), (user,
-//! session), (user, product) and (user, category); one assembled row; and, for segments,
+//! session), (user, product) and (user, category); the outputs of those operators, and
+//! their copy in `combine_by_key` (a hash map of each user's five parts); and, for segments,
 //! the user's numbers in the joins that evaluate rules reading the watermark or a quantile
 //! (keys that fail a rule's trait-only guard are not held there). Never per event.
 //!
@@ -35,7 +36,7 @@ use cap_operators::local::pre_aggregate;
 use cap_operators::predicate::{Schema, TraitKind, TraitValues};
 use cap_operators::segments::RuleSet;
 use cap_operators::traits::{
-    count_distinct_by_key, max_of, min_max_by_key, sum_by_key, top_k_by_count,
+    combine_by_key, count_distinct_by_key, max_of, min_max_by_key, sum_by_key, top_k_by_count,
 };
 use compact_str::CompactString;
 use differential_dataflow::difference::{IsZero, Monoid, Multiply, Semigroup};
@@ -288,51 +289,48 @@ pub fn customer_traits<'s>(
     )
     .map(|(u, r)| (u, Part::TopCategory(r.value)));
 
-    activity
+    let parts = activity
         .concat(span)
         .concat(sessions)
         .concat(products)
-        .concat(top)
-        .reduce_named("CustomerTraits", |user: &u64, input, output| {
-            let mut activity = None;
-            let mut span = None;
-            let (mut sessions, mut products, mut top) = (0, 0, None);
-            for (part, d) in input {
-                if *d <= 0 {
-                    continue;
-                }
-                match part {
-                    Part::Activity(a) => activity = Some(*a),
-                    Part::Span(f, l) => span = Some((*f, *l)),
-                    Part::Sessions(n) => sessions = *n,
-                    Part::Products(n) => products = *n,
-                    Part::TopCategory(c) => top = Some(c.clone()),
-                }
+        .concat(top);
+    combine_by_key(parts, "customer_traits", |user: &u64, input| {
+        let mut activity = None;
+        let mut span = None;
+        let (mut sessions, mut products, mut top) = (0, 0, None);
+        for (part, d) in input {
+            if *d <= 0 {
+                continue;
             }
-            // Every event yields an activity, a span and a category: a user without one
-            // of them has no events.
-            let (Some(a), Some((first, last)), Some(top)) = (activity, span, top) else {
-                return;
-            };
-            let purchases = a.purchases.max(0) as u64;
-            output.push((
-                CustomerTraitsRow {
-                    user_id: *user,
-                    first_seen: UtcTime(first),
-                    last_seen: UtcTime(last),
-                    sessions,
-                    views: a.views.max(0) as u64,
-                    carts: a.carts.max(0) as u64,
-                    purchases,
-                    revenue: Money(a.revenue_cents),
-                    avg_order_value: Money(avg_order_cents(a.revenue_cents, purchases)),
-                    distinct_products: products,
-                    top_category: top,
-                },
-                1isize,
-            ));
+            match part {
+                Part::Activity(a) => activity = Some(*a),
+                Part::Span(f, l) => span = Some((*f, *l)),
+                Part::Sessions(n) => sessions = *n,
+                Part::Products(n) => products = *n,
+                Part::TopCategory(c) => top = Some(c.clone()),
+            }
+        }
+        // Every event yields an activity, a span and a category: a user without one of
+        // them has no events.
+        let (Some(a), Some((first, last)), Some(top)) = (activity, span, top) else {
+            return None;
+        };
+        let purchases = a.purchases.max(0) as u64;
+        Some(CustomerTraitsRow {
+            user_id: *user,
+            first_seen: UtcTime(first),
+            last_seen: UtcTime(last),
+            sessions,
+            views: a.views.max(0) as u64,
+            carts: a.carts.max(0) as u64,
+            purchases,
+            revenue: Money(a.revenue_cents),
+            avg_order_value: Money(avg_order_cents(a.revenue_cents, purchases)),
+            distinct_products: products,
+            top_category: top,
         })
-        .map(|(_user, row)| row)
+    })
+    .map(|(_user, row)| row)
 }
 
 /// Each user's top_category, for tables that build on it (e.g. recommendations' fill).
@@ -412,9 +410,7 @@ pub fn segments<'s>(
     events: &VecCollection<'s, u64, Event>,
     rules: &RuleSet,
 ) -> VecCollection<'s, u64, SegmentRow> {
-    let numbers = traits
-        .clone()
-        .map(|r| (r.user_id, TraitNumbers::from(&r)));
+    let numbers = traits.clone().map(|r| (r.user_id, TraitNumbers::from(&r)));
     let names: Vec<String> = rules.rules().iter().map(|r| r.name.clone()).collect();
     cap_operators::segments::segments(numbers, watermark_day(events), rules).map(
         move |(user_id, i)| SegmentRow {
