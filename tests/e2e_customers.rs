@@ -236,7 +236,12 @@ fn configured_rules_apply_and_an_invalid_rule_fails_at_start_naming_it() -> Resu
         .filter(|(_, s)| s == "big_spender")
         .map(|(u, _)| *u)
         .collect();
-    ensure!(actual == expected, "big_spender: stream {} users, batch {}", actual.len(), expected.len());
+    ensure!(
+        actual == expected,
+        "big_spender: stream {} users, batch {}",
+        actual.len(),
+        expected.len()
+    );
     ensure!(
         !segs.iter().any(|(_, s)| s == "new"),
         "a segment set to \"\" is disabled"
@@ -255,7 +260,10 @@ fn configured_rules_apply_and_an_invalid_rule_fails_at_start_naming_it() -> Resu
             "job.segments.vip=revenue >= 100 and and purchases > 1",
         ])
         .output()?;
-    ensure!(!failed.status.success(), "an invalid rule must fail the job");
+    ensure!(
+        !failed.status.success(),
+        "an invalid rule must fail the job"
+    );
     let err = String::from_utf8_lossy(&failed.stderr);
     ensure!(
         err.contains("job.segments.vip") && err.contains("column 20") && err.contains("`and`"),

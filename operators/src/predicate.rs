@@ -450,7 +450,10 @@ impl Quantile {
     /// The nearest-rank quantile of a population given as `(value, multiplicity)` sorted
     /// by value ascending (multiplicities > 0): the value of rank `max(1, ceil(p * N))`.
     /// `None` when the population is empty.
-    pub fn nearest_rank(&self, sorted: impl IntoIterator<Item = (Rational, u64)> + Clone) -> Option<Rational> {
+    pub fn nearest_rank(
+        &self,
+        sorted: impl IntoIterator<Item = (Rational, u64)> + Clone,
+    ) -> Option<Rational> {
         let n: u128 = sorted.clone().into_iter().map(|(_, m)| u128::from(m)).sum();
         if n == 0 {
             return None;
@@ -547,8 +550,7 @@ fn lex(text: &str) -> Result<Vec<Token>, Problem> {
         }
         let start = i;
         if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
-            {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
                 i += 1;
             }
             let word = &text[start..i];
@@ -798,7 +800,10 @@ impl Parser {
             Tok::Ident(w) if w == "quantile" => {
                 self.expect_sym("(", "after `quantile`")?;
                 let value = self.sum()?;
-                self.expect_sym(",", "between the value and the quantile in `quantile(x, p)`")?;
+                self.expect_sym(
+                    ",",
+                    "between the value and the quantile in `quantile(x, p)`",
+                )?;
                 let p = self.unary()?;
                 let among = if self.is_word("among") {
                     self.next();
@@ -881,12 +886,15 @@ impl Checker<'_> {
             Ast::Not(inner) => Typed::Bool(Pred::Not(Box::new(
                 self.pred(inner, "the operand of `not`")?,
             ))),
-            Ast::Neg(inner) => Typed::Num(Expr::Neg(Box::new(
-                self.num(inner, "the operand of `-`")?,
-            ))),
+            Ast::Neg(inner) => {
+                Typed::Num(Expr::Neg(Box::new(self.num(inner, "the operand of `-`")?)))
+            }
             Ast::Binary(op @ ("and" | "or"), a, b) => {
                 let what = format!("each side of `{op}`");
-                let (a, b) = (Box::new(self.pred(a, &what)?), Box::new(self.pred(b, &what)?));
+                let (a, b) = (
+                    Box::new(self.pred(a, &what)?),
+                    Box::new(self.pred(b, &what)?),
+                );
                 Typed::Bool(if *op == "and" {
                     Pred::And(a, b)
                 } else {
@@ -917,7 +925,10 @@ impl Checker<'_> {
             }
             Ast::Quantile { value, p, among } => {
                 if self.in_quantile {
-                    return Err(problem(&n.token, "a quantile cannot contain another quantile"));
+                    return Err(problem(
+                        &n.token,
+                        "a quantile cannot contain another quantile",
+                    ));
                 }
                 let Ast::Num(p_value) = p.ast else {
                     return Err(problem(
@@ -1018,9 +1029,7 @@ pub fn compile_rule(
         quantiles: &mut local,
         in_quantile: false,
     };
-    let pred = checker
-        .pred(&tree, "a rule")
-        .map_err(located)?;
+    let pred = checker.pred(&tree, "a rule").map_err(located)?;
     *quantiles = local;
     Ok(pred)
 }
@@ -1075,7 +1084,11 @@ mod tests {
         assert!(eval("revenue >= 49.99 and revenue < 50", v, &g));
         assert!(!eval("revenue > 49.99", v, &g));
         assert!(eval("days_since_last_seen == 7", v, &g));
-        assert!(eval("days_since_last_seen <= 7 and not days_since_last_seen < 7", v, &g));
+        assert!(eval(
+            "days_since_last_seen <= 7 and not days_since_last_seen < 7",
+            v,
+            &g
+        ));
         assert!(eval("views / sessions == 4", v, &g));
         assert!(eval("views / 0 == 0", v, &g));
         assert!(eval("revenue / purchases == 24.995", v, &g));
@@ -1138,7 +1151,10 @@ mod tests {
         let v: Vec<i64> = (1..=15).collect();
         assert_eq!(q.nearest_rank(pop(&v)), Some(Rational::integer(14)));
         // ties: [1, 5, 5, 5] -> rank ceil(3.6) = 4 -> 5
-        assert_eq!(q.nearest_rank(pop(&[1, 5, 5, 5])), Some(Rational::integer(5)));
+        assert_eq!(
+            q.nearest_rank(pop(&[1, 5, 5, 5])),
+            Some(Rational::integer(5))
+        );
         assert_eq!(q.nearest_rank(pop(&[])), None);
         // p = 0 is the minimum
         let mut qs = Vec::new();
@@ -1154,7 +1170,12 @@ mod tests {
         // member values: population filter
         let v = Vals([1, 0, 500, 0, 0]);
         let mut qs = Vec::new();
-        let _ = compile_rule("m", "revenue > quantile(revenue, 0.5 among purchases > 0)", &s, &mut qs);
+        let _ = compile_rule(
+            "m",
+            "revenue > quantile(revenue, 0.5 among purchases > 0)",
+            &s,
+            &mut qs,
+        );
         assert_eq!(qs[0].member_value(&v), None);
         let v = Vals([1, 2, 500, 0, 0]);
         assert_eq!(qs[0].member_value(&v), Some(Rational::integer(5)));
@@ -1177,8 +1198,7 @@ mod tests {
         let g = Globals::default();
         assert!(guard.eval(&Vals([3, 1, 0, 0, 0]), &g));
         assert!(!guard.eval(&Vals([3, 0, 0, 0, 0]), &g));
-        let Ok(p) = compile_rule("w", "days_since_last_seen <= 7 or views > 1", &s, &mut qs)
-        else {
+        let Ok(p) = compile_rule("w", "days_since_last_seen <= 7 or views > 1", &s, &mut qs) else {
             panic!("compiles")
         };
         assert_eq!(p.dependencies(), (true, false));
@@ -1202,16 +1222,31 @@ mod tests {
             ("views = 3", 7, "=", "compare with `==`"),
             ("views >= ", 10, "end of rule", "ends early"),
             ("views >= 3 purchases", 12, "purchases", "unexpected text"),
-            ("(views >= 3", 12, "end of rule", "to close the `(` at column 1"),
+            (
+                "(views >= 3",
+                12,
+                "end of rule",
+                "to close the `(` at column 1",
+            ),
             ("views", 1, "views", "must be a condition"),
             ("views + (purchases > 1) > 2", 20, ">", "must be a number"),
             ("views and purchases > 1", 1, "views", "must be a condition"),
             ("1 < views < 3", 11, "<", "do not chain"),
-            ("last_seen > 3", 1, "last_seen", "use `days_since_last_seen`"),
+            (
+                "last_seen > 3",
+                1,
+                "last_seen",
+                "use `days_since_last_seen`",
+            ),
             ("views > 1.2.3", 9, "1.2.3", "is not a number"),
             ("views > 90%", 11, "%", "fractions"),
             ("views > quantile(views, 1.5)", 25, "1.5", "in [0, 1]"),
-            ("views > quantile(views, purchases)", 25, "purchases", "number literal"),
+            (
+                "views > quantile(views, purchases)",
+                25,
+                "purchases",
+                "number literal",
+            ),
             (
                 "views > quantile(days_since_last_seen, 0.5)",
                 18,
@@ -1242,7 +1277,12 @@ mod tests {
     #[test]
     fn a_failed_rule_does_not_register_its_quantiles() {
         let mut qs = Vec::new();
-        let r = compile_rule("x", "views > quantile(views, 0.5) and nope > 1", &schema(), &mut qs);
+        let r = compile_rule(
+            "x",
+            "views > quantile(views, 0.5) and nope > 1",
+            &schema(),
+            &mut qs,
+        );
         assert!(r.is_err());
         assert!(qs.is_empty());
     }

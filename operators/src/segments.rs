@@ -383,12 +383,18 @@ mod tests {
     const RULES: [(&str, &str); 6] = [
         ("viewer", "views >= 3"),
         ("recent", "days_since_last_seen <= 2"),
-        ("buyer_recent", "purchases >= 1 and days_since_last_seen < 4"),
+        (
+            "buyer_recent",
+            "purchases >= 1 and days_since_last_seen < 4",
+        ),
         (
             "high_value",
             "purchases >= 1 and revenue >= quantile(revenue, 0.75 among purchases >= 1)",
         ),
-        ("median_views", "views > quantile(views, 0.5) or days_since_last_seen == 0"),
+        (
+            "median_views",
+            "views > quantile(views, 0.5) or days_since_last_seen == 0",
+        ),
         ("nobody", "false"),
     ];
 
@@ -476,8 +482,14 @@ mod tests {
         let e = RuleSet::compile(&s, [("ok", "views > 1"), ("bad", "views >")]);
         assert!(matches!(e, Err(ref e) if e.rule == "bad"), "{e:?}");
         let e = RuleSet::compile(&s, [("a", "views > 1"), ("a", "views > 2")]);
-        assert!(matches!(e, Err(ref e) if e.reason.contains("twice")), "{e:?}");
+        assert!(
+            matches!(e, Err(ref e) if e.reason.contains("twice")),
+            "{e:?}"
+        );
         let e = RuleSet::compile(&s, [("a b", "views > 1")]);
-        assert!(matches!(e, Err(ref e) if e.reason.contains("segment name")), "{e:?}");
+        assert!(
+            matches!(e, Err(ref e) if e.reason.contains("segment name")),
+            "{e:?}"
+        );
     }
 }
