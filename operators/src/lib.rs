@@ -15,6 +15,8 @@
 //! | [`aggregate::sum_by_key`] | per key, the sum of monoid contributions such as [`counters!`] structs |
 //! | [`topk::top_k`] | per group, the k first values under a total order, ranked 1..=k |
 //! | [`kmeans::kmeans_segments`] | per key, the nearest k-means centroid over standardized log1p traits, refit on a count-driven schedule |
+//! | [`segments::segments`] | per key, the named rules (a [`predicate`] language over traits, the watermark and quantiles) it satisfies |
+//! | [`traits`] | per key: sums of monoid values, min/max, distinct counts, top-k by frequency; a collection's max |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -41,7 +43,10 @@ pub mod distinct;
 pub mod funnel;
 pub mod kmeans;
 pub mod local;
+pub mod predicate;
+pub mod segments;
 pub mod testing;
 pub mod topk;
+pub mod traits;
 
 pub use differential_dataflow::VecCollection;

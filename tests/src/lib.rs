@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod batch_customers;
+
 use anyhow::{bail, Context, Result};
 use chrono::{Datelike, NaiveDateTime};
 use serde_json::Value;

@@ -1,7 +1,8 @@
 //! `customer-analytics`: the flagship CAP job, computing the output contract
 //! (`docs/output-contract.md`) incrementally over a clickstream.
 //!
-//! This slice computes `daily_visitors`, `session_funnel_daily` and `dead_letters`:
+//! This slice computes `daily_visitors`, `session_funnel_daily`, `customer_traits` and
+//! `segments` (see `tables::customers` for their dataflow), and `dead_letters`:
 //!
 //! ```text
 //!  clickstream ──decode──┬── dead letters ──────────────────────────────────▶ dead_letters
@@ -49,6 +50,10 @@ pub struct Settings {
     /// `[job.clusters]`: the k-means segmentation.
     #[serde(default)]
     pub clusters: tables::clusters::ClusterSettings,
+    /// `[job.segments]`: segment name -> rule (docs/segments.md). The embedded defaults
+    /// define eight; a layer may add rules, change them, or disable one with `""`.
+    #[serde(default)]
+    pub segments: std::collections::BTreeMap<String, String>,
 }
 
 /// The customer-analytics job.
@@ -59,13 +64,15 @@ pub struct CustomerAnalytics;
 pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
 
 /// Output tables, in a stable order.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 12] = [
     "daily_visitors",
     "session_funnel_daily",
     "cart_abandonment_daily",
     "category_hourly",
     "category_weekday",
     "brand_daily",
+    "customer_traits",
+    "segments",
     "alerts",
     "customer_clusters",
     "cluster_centroids",
@@ -127,6 +134,7 @@ impl Job for CustomerAnalytics {
         let settings: Settings = df.settings()?;
         let alert_rules = settings.alerts.rules()?;
         settings.clusters.validate()?;
+        let segment_rules = tables::customers::segment_rules(&settings.segments)?;
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
         let events = input.records;
         let clicks = events.clone().map(|e| Click::from(&e));
@@ -155,6 +163,13 @@ impl Job for CustomerAnalytics {
         let clusters = tables::clusters::customer_clusters(&events, &settings.clusters);
         df.sink("customer_clusters", clusters.customers)?;
         df.sink("cluster_centroids", clusters.centroids)?;
+
+        let traits = tables::customers::customer_traits(&events);
+        df.sink(
+            "segments",
+            tables::customers::segments(&traits, &events, &segment_rules),
+        )?;
+        df.sink("customer_traits", traits)?;
 
         // dead_letters
         df.sink(

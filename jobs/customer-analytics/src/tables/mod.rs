@@ -7,5 +7,6 @@ pub mod categories;
 pub mod counters;
 pub mod alerts;
 pub mod clusters;
+pub mod customers;
 pub mod funnels;
 pub mod visitors;
