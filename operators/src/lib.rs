@@ -12,6 +12,8 @@
 //! | [`funnel::ordered_funnel`] | per unit (session, user), the funnel step reached and the unit's first time |
 //! | [`funnel::funnel_step_counts`] | per bucket and step, the units that reached at least that step |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
+//! | [`similarity::similar_items`] | per item, its top-k items by exact cosine of their user sets |
+//! | [`recommend::recommend`] | per user, top-k items scored through similar items, filled from a category's best sellers |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -35,6 +37,8 @@
 pub mod distinct;
 pub mod funnel;
 pub mod local;
+pub mod recommend;
+pub mod similarity;
 pub mod testing;
 
 pub use differential_dataflow::VecCollection;

@@ -5,6 +5,8 @@
 //! decoders: it parses CSV with its own small parser and dates with `chrono`, and computes
 //! each table with plain maps, straight from the contract's wording.
 
+pub mod batch_recommendations;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;

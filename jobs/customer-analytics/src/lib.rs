@@ -32,10 +32,14 @@ pub mod guide {}
 
 pub use rows::{DailyVisitorsRow, DeadLetterRow, FunnelRow};
 
-/// The job's own settings (`[job]`). None yet; unknown keys are rejected.
+/// The job's own settings (`[job]`); unknown keys are rejected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Settings {}
+pub struct Settings {
+    /// `[job.recommendations]`: similar_items and recommendations.
+    #[serde(default)]
+    pub recommendations: tables::recommendations::RecommendationSettings,
+}
 
 /// The customer-analytics job.
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,7 +49,13 @@ pub struct CustomerAnalytics;
 pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
 
 /// Output tables, in a stable order.
-pub const TABLES: [&str; 3] = ["daily_visitors", "session_funnel_daily", "dead_letters"];
+pub const TABLES: [&str; 5] = [
+    "daily_visitors",
+    "session_funnel_daily",
+    "similar_items",
+    "recommendations",
+    "dead_letters",
+];
 
 /// The per-event projection the tables need: small, so fanning it out is cheap.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -99,7 +109,8 @@ impl Job for CustomerAnalytics {
     }
 
     fn build<'s>(&self, df: &mut Dataflow<'s>) -> Result<(), BuildError> {
-        let _settings: Settings = df.settings()?;
+        let settings: Settings = df.settings()?;
+        settings.recommendations.validate()?;
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
         let events = input.records;
         let clicks = events.clone().map(|e| Click::from(&e));
@@ -109,6 +120,15 @@ impl Job for CustomerAnalytics {
             "session_funnel_daily",
             tables::funnels::session_funnel_daily(&clicks),
         )?;
+
+        let pair_stats = tables::recommendations::pair_metrics(df.registry(), df.worker_index());
+        let (similar, recommendations) = tables::recommendations::similarity_tables(
+            &events,
+            &settings.recommendations,
+            pair_stats,
+        );
+        df.sink("similar_items", similar)?;
+        df.sink("recommendations", recommendations)?;
 
         // dead_letters
         df.sink(

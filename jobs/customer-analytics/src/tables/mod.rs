@@ -2,4 +2,5 @@
 //! decoded clicks and nothing else, so tables can be read, tested and changed alone.
 
 pub mod funnels;
+pub mod recommendations;
 pub mod visitors;
