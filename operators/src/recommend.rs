@@ -30,10 +30,11 @@
 //!
 //! ```text
 //!  touches ─ reduce per user: w(q), purchased, #purchased (none over the cap) ─▶ facts
-//!  facts (q, (u, w)) ⋈ similar (q, (p, fixed)) ─ explode diff w·fixed ─ count ─▶ ((u, p), score)
+//!  facts (q, (u, w)) ⋈ similar (q, (p, fixed)) ─ explode: (u, p) with difference w·fixed
 //!  category_purchases ─ reduce per category: ranking (top_k + max_user_items) ─┐
 //!  top_category ⋈ facts #purchased ─▶ (category, (u, depth)) ─────────────────┴─▶ (u, prefix)
-//!  scores + purchased + prefix ─ reduce per user ─▶ ranked rows
+//!  scored + purchased + prefix ─ reduce per user (a scored item's accumulated
+//!                                difference is its score) ─▶ ranked rows
 //! ```
 //!
 //! The fill needs at most `top_k + #purchased(u)` items of the ranking (every skipped item
@@ -133,13 +134,13 @@ enum UserFact<I> {
     Purchases(usize),
 }
 
-/// Candidates of a user, in the order the final reduce consumes them: purchased items
-/// first (to exclude), then scored items by score descending and item ascending (the
-/// negated score sorts so), then the fill prefix.
+/// Candidates of a user in the final reduce. A `Scored` item's *difference* is its score:
+/// the arrangement sums the terms `w(q) · fixed(q, p)` as it consolidates, so no separate
+/// count (and no second copy of every candidate) is kept.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Candidate<I> {
     Purchased(I),
-    Scored { neg_score: i64, item: I },
+    Scored(I),
     Fill(Vec<I>),
 }
 
@@ -224,19 +225,9 @@ where
     let sims = similar.map(|(q, s)| (q, (s.item, s.cosine.fixed())));
     let scored = weights
         .join_map(sims, |_q, (user, weight), (p, fixed)| {
-            ((user.clone(), p.clone()), weight * fixed)
+            (user.clone(), p.clone(), weight * fixed)
         })
-        .explode(|(key, term)| Some((key, term as isize)))
-        .count()
-        .map(|((user, item), score)| {
-            (
-                user,
-                Candidate::Scored {
-                    neg_score: -(score as i64),
-                    item,
-                },
-            )
-        });
+        .explode(|(user, item, term)| Some(((user, Candidate::Scored(item)), term as isize)));
 
     let purchased = facts.clone().flat_map(|(user, fact)| match fact {
         UserFact::Item {
@@ -281,30 +272,32 @@ where
         move |_user, input, output| {
             let mut purchased: Vec<&I> = Vec::new();
             let mut listed: Vec<(&I, i64)> = Vec::new();
+            let mut fills: Vec<&Vec<I>> = Vec::new();
             for (candidate, d) in input {
-                if *d <= 0 || listed.len() >= top_k {
+                if *d <= 0 {
                     continue;
                 }
                 match candidate {
-                    // Sorted, and all before any other candidate.
+                    // Sorted by item, and all before the scored items.
                     Candidate::Purchased(item) => purchased.push(item),
-                    Candidate::Scored { neg_score, item } => {
+                    Candidate::Scored(item) => {
                         if purchased.binary_search(&item).is_err() {
-                            listed.push((item, -neg_score));
+                            listed.push((item, *d as i64));
                         }
                     }
-                    Candidate::Fill(prefix) => {
-                        for item in prefix {
-                            if listed.len() >= top_k {
-                                break;
-                            }
-                            if purchased.binary_search(&item).is_err()
-                                && !listed.iter().any(|(x, _)| *x == item)
-                            {
-                                listed.push((item, 0));
-                            }
-                        }
-                    }
+                    Candidate::Fill(prefix) => fills.push(prefix),
+                }
+            }
+            listed.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+            listed.truncate(top_k);
+            for item in fills.into_iter().flatten() {
+                if listed.len() >= top_k {
+                    break;
+                }
+                if purchased.binary_search(&item).is_err()
+                    && !listed.iter().any(|(x, _)| *x == item)
+                {
+                    listed.push((item, 0));
                 }
             }
             for (rank, (item, score)) in listed.into_iter().enumerate() {

@@ -461,10 +461,10 @@ pub(crate) mod tests {
                         min_item_users: 1,
                     };
                     similar_items(c, &config, move |d| {
-                        sink.lock().unwrap().add(d);
+                        sink.lock().unwrap_or_else(|p| p.into_inner()).add(d);
                     })
                 });
-                let stats = *total.lock().unwrap();
+                let stats = *total.lock().unwrap_or_else(|p| p.into_inner());
                 assert_eq!(
                     stats.pairs(),
                     pairs.len() as i64,

@@ -442,7 +442,12 @@ mod tests {
             refresh_epochs: 0,
             ..s
         };
-        let err = bad.validate().map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("job.recommendations.refresh_epochs"), "{err}");
+        match bad.validate() {
+            Err(e) => assert!(
+                e.to_string().contains("job.recommendations.refresh_epochs"),
+                "{e}"
+            ),
+            Ok(()) => panic!("refresh_epochs = 0 must be rejected"),
+        }
     }
 }
