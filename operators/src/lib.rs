@@ -17,6 +17,8 @@
 //! | [`kmeans::kmeans_segments`] | per key, the nearest k-means centroid over standardized log1p traits, refit on a count-driven schedule |
 //! | [`segments::segments`] | per key, the named rules (a [`predicate`] language over traits, the watermark and quantiles) it satisfies |
 //! | [`traits`] | per key: sums of monoid values, min/max, distinct counts, top-k by frequency; a collection's max |
+//! | [`similarity::similar_items`] | per item, its top-k items by exact cosine of their user sets |
+//! | [`recommend::recommend`] | per user, top-k items scored through similar items, filled from a category's best sellers |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -45,6 +47,8 @@ pub mod kmeans;
 pub mod local;
 pub mod predicate;
 pub mod segments;
+pub mod recommend;
+pub mod similarity;
 pub mod testing;
 pub mod topk;
 pub mod traits;

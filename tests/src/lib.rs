@@ -6,6 +6,7 @@
 //! each table with plain maps, straight from the contract's wording.
 
 pub mod batch_alerts;
+pub mod batch_recommendations;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

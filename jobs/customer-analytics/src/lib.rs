@@ -54,6 +54,9 @@ pub struct Settings {
     /// define eight; a layer may add rules, change them, or disable one with `""`.
     #[serde(default)]
     pub segments: std::collections::BTreeMap<String, String>,
+    /// `[job.recommendations]`: similar_items and recommendations.
+    #[serde(default)]
+    pub recommendations: tables::recommendations::RecommendationSettings,
 }
 
 /// The customer-analytics job.
@@ -64,7 +67,7 @@ pub struct CustomerAnalytics;
 pub const DEFAULT_CONFIG: &str = include_str!("../customer-analytics.toml");
 
 /// Output tables, in a stable order.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 14] = [
     "daily_visitors",
     "session_funnel_daily",
     "cart_abandonment_daily",
@@ -73,6 +76,8 @@ pub const TABLES: [&str; 12] = [
     "brand_daily",
     "customer_traits",
     "segments",
+    "similar_items",
+    "recommendations",
     "alerts",
     "customer_clusters",
     "cluster_centroids",
@@ -135,6 +140,7 @@ impl Job for CustomerAnalytics {
         let alert_rules = settings.alerts.rules()?;
         settings.clusters.validate()?;
         let segment_rules = tables::customers::segment_rules(&settings.segments)?;
+        settings.recommendations.validate()?;
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
         let events = input.records;
         let clicks = events.clone().map(|e| Click::from(&e));
@@ -170,6 +176,15 @@ impl Job for CustomerAnalytics {
             tables::customers::segments(&traits, &events, &segment_rules),
         )?;
         df.sink("customer_traits", traits)?;
+
+        let pair_stats = tables::recommendations::pair_metrics(df.registry(), df.worker_index());
+        let (similar, recommendations) = tables::recommendations::similarity_tables(
+            &events,
+            &settings.recommendations,
+            pair_stats,
+        );
+        df.sink("similar_items", similar)?;
+        df.sink("recommendations", recommendations)?;
 
         // dead_letters
         df.sink(

@@ -9,4 +9,5 @@ pub mod alerts;
 pub mod clusters;
 pub mod customers;
 pub mod funnels;
+pub mod recommendations;
 pub mod visitors;

@@ -1,0 +1,453 @@
+//! `similar_items` and `recommendations`: item-item cosine similarity and per-user
+//! recommendations through it (see `docs/output-contract.md`).
+//!
+//! ```text
+//!  events ─┬─ (user, product) ─ pre_aggregate ─ similar_items ──────────────┬──▶ similar_items
+//!          ├─ (user, (product, interaction)) ─ pre_aggregate ─┐             │
+//!          ├─ (user, category) ─ pre_aggregate ─ top_category ┤  refresh_every(R)
+//!          └─ purchases (category, product) ─ pre_aggregate ──┤             │
+//!                                                             └─ recommend ◀┘ ──▶ recommendations
+//! ```
+//!
+//! Choices the contract leaves open, made here:
+//! - a product's "purchase count" in a category is the number of purchase events of that
+//!   product whose category key is that category (no product -> category mapping is
+//!   assumed: a product seen under two categories ranks in both); only products with at
+//!   least one purchase there are fill candidates;
+//! - `top_category` is computed here with a small reduce (most events of any type, ties by
+//!   category key ascending), as `customer_traits` defines it;
+//! - scores: `similar_items.score` is `sqrt(co² / (n(a)·n(b)))` in `f64` rounded to 6
+//!   decimals, ranked exactly on the integers; `recommendations.score` is the fixed-point sum
+//!   `Σ w(q) · round(sim(q,p) · 2^40)` divided by `2^40`, rounded to 6 decimals (see
+//!   `cap_operators::recommend`).
+//!
+//! Settings (`[job.recommendations]`): `max_user_items` (500), `refresh_epochs` (1),
+//! `min_item_users` (2, the co-occurrence memory budget; exact at 2).
+
+use cap_connectors::clickstream::{Event, EventType};
+use cap_engine::config::ConfigError;
+use cap_engine::metrics::Registry;
+use cap_engine::sink::TableRow;
+use cap_operators::local::pre_aggregate;
+use cap_operators::recommend::{
+    recommend, refresh_every, score_value, Interaction, RecommendConfig,
+};
+use cap_operators::similarity::{similar_items, Cosine, PairStats, SimilarityConfig};
+use compact_str::CompactString;
+use differential_dataflow::VecCollection;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Similar items per product and recommendations per user (the contract's 10).
+pub const TOP_K: usize = 10;
+
+/// `[job.recommendations]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecommendationSettings {
+    /// Users with more distinct products are left out of similarity and get no
+    /// recommendations (default 500, the contract's).
+    pub max_user_items: usize,
+    /// Recommendations are recomputed every this many epochs, and exactly at the end of
+    /// input (default 1: every epoch).
+    pub refresh_epochs: u64,
+    /// Co-occurrence memory budget: products with fewer distinct users take no part in
+    /// pair generation. 2 (default) is exact; larger values drop pairs and are not.
+    pub min_item_users: u64,
+}
+
+impl Default for RecommendationSettings {
+    fn default() -> Self {
+        RecommendationSettings {
+            max_user_items: 500,
+            refresh_epochs: 1,
+            min_item_users: 2,
+        }
+    }
+}
+
+impl RecommendationSettings {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: format!("job.recommendations.{key}"),
+            reason,
+        };
+        if self.max_user_items == 0 {
+            return Err(invalid("max_user_items", "must be >= 1, got 0".into()));
+        }
+        if self.refresh_epochs == 0 {
+            return Err(invalid("refresh_epochs", "must be >= 1, got 0".into()));
+        }
+        if self.min_item_users == 0 {
+            return Err(invalid("min_item_users", "must be >= 1, got 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `similar_items`: one of a product's 10 most similar products.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SimilarItemRow {
+    /// The product.
+    pub product_id: u64,
+    /// 1..10.
+    pub rank: u32,
+    /// The similar product.
+    pub similar_product_id: u64,
+    /// The exact cosine: co-users and both products' distinct users.
+    pub cosine: Cosine,
+}
+
+/// The wire form of [`SimilarItemRow`]: every integer.
+#[derive(Serialize, Deserialize)]
+struct SimilarItemWire {
+    product_id: u64,
+    rank: u32,
+    similar_product_id: u64,
+    co: u64,
+    n_product: u64,
+    n_similar: u64,
+}
+
+/// JSON: `product_id`, `rank`, `similar_product_id`, `score` (6 decimals), `co_users`;
+/// bincode: the exact integers.
+impl Serialize for SimilarItemRow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return SimilarItemWire {
+                product_id: self.product_id,
+                rank: self.rank,
+                similar_product_id: self.similar_product_id,
+                co: self.cosine.co,
+                n_product: self.cosine.n_item,
+                n_similar: self.cosine.n_similar,
+            }
+            .serialize(s);
+        }
+        let mut st = s.serialize_struct("SimilarItemRow", 5)?;
+        st.serialize_field("product_id", &self.product_id)?;
+        st.serialize_field("rank", &self.rank)?;
+        st.serialize_field("similar_product_id", &self.similar_product_id)?;
+        st.serialize_field("score", &self.cosine.rounded())?;
+        st.serialize_field("co_users", &self.cosine.co)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SimilarItemRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SimilarItemRow, D::Error> {
+        let w = SimilarItemWire::deserialize(d)?;
+        Ok(SimilarItemRow {
+            product_id: w.product_id,
+            rank: w.rank,
+            similar_product_id: w.similar_product_id,
+            cosine: Cosine {
+                co: w.co,
+                n_item: w.n_product,
+                n_similar: w.n_similar,
+            },
+        })
+    }
+}
+
+/// Primary key of `similar_items`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ProductRankKey {
+    /// The product.
+    pub product_id: u64,
+    /// The rank.
+    pub rank: u32,
+}
+
+impl TableRow for SimilarItemRow {
+    type Key = ProductRankKey;
+    fn key(&self) -> ProductRankKey {
+        ProductRankKey {
+            product_id: self.product_id,
+            rank: self.rank,
+        }
+    }
+}
+
+/// `recommendations`: one of a user's (up to) 10 recommended products.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecommendationRow {
+    /// The user.
+    pub user_id: u64,
+    /// 1..10.
+    pub rank: u32,
+    /// The recommended product.
+    pub product_id: u64,
+    /// Fixed-point score (`2^40` = 1.0); 0 for fill rows.
+    pub score: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecommendationWire {
+    user_id: u64,
+    rank: u32,
+    product_id: u64,
+    score: i64,
+}
+
+/// JSON: `user_id`, `rank`, `product_id`, `score` (a number, 6 decimals); bincode: the
+/// fixed-point integer.
+impl Serialize for RecommendationRow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return RecommendationWire {
+                user_id: self.user_id,
+                rank: self.rank,
+                product_id: self.product_id,
+                score: self.score,
+            }
+            .serialize(s);
+        }
+        let mut st = s.serialize_struct("RecommendationRow", 4)?;
+        st.serialize_field("user_id", &self.user_id)?;
+        st.serialize_field("rank", &self.rank)?;
+        st.serialize_field("product_id", &self.product_id)?;
+        st.serialize_field("score", &((score_value(self.score) * 1e6).round() / 1e6))?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RecommendationRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RecommendationRow, D::Error> {
+        let w = RecommendationWire::deserialize(d)?;
+        Ok(RecommendationRow {
+            user_id: w.user_id,
+            rank: w.rank,
+            product_id: w.product_id,
+            score: w.score,
+        })
+    }
+}
+
+/// Primary key of `recommendations`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct UserRankKey {
+    /// The user.
+    pub user_id: u64,
+    /// The rank.
+    pub rank: u32,
+}
+
+impl TableRow for RecommendationRow {
+    type Key = UserRankKey;
+    fn key(&self) -> UserRankKey {
+        UserRankKey {
+            user_id: self.user_id,
+            rank: self.rank,
+        }
+    }
+}
+
+/// The contract's category key: `category_code`, or the decimal `category_id`.
+fn category_key(e: &Event) -> CompactString {
+    match &e.category_code {
+        Some(code) => code.clone(),
+        None => compact_str::format_compact!("{}", e.category_id),
+    }
+}
+
+fn interaction(kind: EventType) -> Interaction {
+    match kind {
+        EventType::View => Interaction::View,
+        EventType::Cart => Interaction::Cart,
+        EventType::RemoveFromCart => Interaction::RemoveFromCart,
+        EventType::Purchase => Interaction::Purchase,
+    }
+}
+
+/// Per user, the category key with most events of any type, ties by key ascending.
+/// (`customer_traits.top_category`; kept small and separate so the two can be unified.)
+pub fn top_category<'s>(
+    events: &VecCollection<'s, u64, Event>,
+) -> VecCollection<'s, u64, (u64, CompactString)> {
+    let user_categories = pre_aggregate(
+        events.clone().map(|e| (e.user_id, category_key(&e))),
+        "user_category",
+    );
+    user_categories.reduce_named("TopCategory", |_user, input, output| {
+        // Input is sorted by key: the first key with the most events wins ties.
+        let mut best: Option<(&CompactString, isize)> = None;
+        for (key, n) in input {
+            if *n > 0 && best.map(|(_, m)| *n > m).unwrap_or(true) {
+                best = Some((*key, *n));
+            }
+        }
+        if let Some((key, _)) = best {
+            output.push((key.clone(), 1isize));
+        }
+    })
+}
+
+/// Metrics of the co-occurrence state on one worker, as monotone counters (the registry has
+/// no gauges): `cap_similarity_pairs_{added,removed}_total` and
+/// `cap_similarity_pair_bytes_{added,removed}_total`. Pairs kept = added - removed summed
+/// over workers; likewise the estimated bytes ([`PairStats::estimated_bytes`]).
+pub fn pair_metrics(registry: &Registry, worker: usize) -> impl FnMut(PairStats) + 'static {
+    let labels = || vec![("worker", worker.to_string())];
+    let pairs_added = registry.counter(
+        "cap_similarity_pairs_added_total",
+        "Co-occurring product pairs added to the similarity state (kept = added - removed)",
+        labels(),
+    );
+    let pairs_removed = registry.counter(
+        "cap_similarity_pairs_removed_total",
+        "Co-occurring product pairs removed from the similarity state",
+        labels(),
+    );
+    let bytes_added = registry.counter(
+        "cap_similarity_pair_bytes_added_total",
+        "Estimated bytes added to the similarity pair state (held = added - removed)",
+        labels(),
+    );
+    let bytes_removed = registry.counter(
+        "cap_similarity_pair_bytes_removed_total",
+        "Estimated bytes released from the similarity pair state",
+        labels(),
+    );
+    move |delta: PairStats| {
+        let pairs = delta.pairs();
+        let bytes = delta.estimated_bytes(std::mem::size_of::<u64>());
+        if pairs >= 0 {
+            pairs_added.add(pairs as u64);
+        } else {
+            pairs_removed.add(pairs.unsigned_abs());
+        }
+        if bytes >= 0 {
+            bytes_added.add(bytes as u64);
+        } else {
+            bytes_removed.add(bytes.unsigned_abs());
+        }
+    }
+}
+
+/// The `similar_items` and `recommendations` rows of `events`. `stats` receives the changes
+/// of the co-occurrence state (see [`PairStats`]).
+pub fn similarity_tables<'s>(
+    events: &VecCollection<'s, u64, Event>,
+    settings: &RecommendationSettings,
+    stats: impl FnMut(PairStats) + 'static,
+) -> (
+    VecCollection<'s, u64, SimilarItemRow>,
+    VecCollection<'s, u64, RecommendationRow>,
+) {
+    let sim_config = SimilarityConfig {
+        max_user_items: settings.max_user_items,
+        top_k: TOP_K,
+        min_item_users: settings.min_item_users,
+    };
+    let touches = pre_aggregate(
+        events.clone().map(|e| (e.user_id, e.product_id)),
+        "user_product",
+    );
+    let similar = similar_items(touches, &sim_config, stats);
+    let similar_rows = similar.clone().map(|(product_id, s)| SimilarItemRow {
+        product_id,
+        rank: s.rank,
+        similar_product_id: s.item,
+        cosine: s.cosine,
+    });
+
+    let r = settings.refresh_epochs;
+    let interactions = pre_aggregate(
+        events
+            .clone()
+            .map(|e| (e.user_id, (e.product_id, interaction(e.event_type)))),
+        "user_product_interaction",
+    );
+    let purchases = pre_aggregate(
+        events
+            .clone()
+            .filter(|e| e.event_type == EventType::Purchase)
+            .map(|e| (category_key(&e), e.product_id)),
+        "category_purchases",
+    );
+    let rec_config = RecommendConfig {
+        max_user_items: settings.max_user_items,
+        top_k: TOP_K,
+    };
+    let recs = recommend(
+        refresh_every(interactions, r),
+        refresh_every(similar, r),
+        refresh_every(top_category(events), r),
+        refresh_every(purchases, r),
+        &rec_config,
+    )
+    .map(|(user_id, rec)| RecommendationRow {
+        user_id,
+        rank: rec.rank,
+        product_id: rec.item,
+        score: rec.score,
+    });
+    (similar_rows, recs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows cross processes with bincode: the exact integers must survive, while JSON gets
+    /// the contract's columns.
+    #[test]
+    fn rows_round_trip_through_the_wire_format() -> anyhow::Result<()> {
+        let s = SimilarItemRow {
+            product_id: 5,
+            rank: 2,
+            similar_product_id: 9,
+            cosine: Cosine {
+                co: 3,
+                n_item: 4,
+                n_similar: 9,
+            },
+        };
+        assert_eq!(
+            bincode::deserialize::<SimilarItemRow>(&bincode::serialize(&s)?)?,
+            s
+        );
+        assert_eq!(
+            serde_json::to_value(&s)?,
+            serde_json::json!({"product_id": 5, "rank": 2, "similar_product_id": 9, "score": 0.5, "co_users": 3})
+        );
+        let r = RecommendationRow {
+            user_id: 7,
+            rank: 1,
+            product_id: 11,
+            score: 3 << 39, // 1.5
+        };
+        assert_eq!(
+            bincode::deserialize::<RecommendationRow>(&bincode::serialize(&r)?)?,
+            r
+        );
+        assert_eq!(
+            serde_json::to_value(&r)?,
+            serde_json::json!({"user_id": 7, "rank": 1, "product_id": 11, "score": 1.5})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn settings_default_to_the_contract_and_reject_zero() {
+        let s = RecommendationSettings::default();
+        assert_eq!(
+            (s.max_user_items, s.refresh_epochs, s.min_item_users),
+            (500, 1, 2)
+        );
+        assert!(s.validate().is_ok());
+        let bad = RecommendationSettings {
+            refresh_epochs: 0,
+            ..s
+        };
+        match bad.validate() {
+            Err(e) => assert!(
+                e.to_string().contains("job.recommendations.refresh_epochs"),
+                "{e}"
+            ),
+            Ok(()) => panic!("refresh_epochs = 0 must be rejected"),
+        }
+    }
+}
