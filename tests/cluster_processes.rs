@@ -1,5 +1,5 @@
 //! Two processes of one worker each, over loopback with timely's own communication, give
-//! the same outputs as one process with one worker.
+//! the same outputs as one process with one worker, for every table of the job.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -66,10 +66,13 @@ fn two_processes_equal_one_process() -> Result<()> {
         );
     }
 
-    for table in ["daily_visitors", "session_funnel_daily", "dead_letters"] {
+    // Every table, k-means included: its final model is a function of the input alone.
+    for table in customer_analytics::TABLES {
         let a = read_jsonl(&single.join(format!("{table}.jsonl")))?;
         let b = read_jsonl(&multi.join(format!("{table}.jsonl")))?;
-        ensure!(table == "dead_letters" || !a.is_empty(), "{table} is empty");
+        // The generator's defaults inject no incident into 60k events, and the data is clean.
+        let may_be_empty = matches!(table, "dead_letters" | "alerts");
+        ensure!(may_be_empty || !a.is_empty(), "{table} is empty");
         ensure!(
             a == b,
             "{table}: 2 processes differ from 1\n1x1: {a:?}\n2x1: {b:?}"

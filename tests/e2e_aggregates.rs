@@ -155,7 +155,9 @@ fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
     // category_hourly
     let expected = batch_category_hourly(&events);
     let mut actual = BTreeMap::new();
+    let mut listed = Vec::new();
     for (line, v) in snapshot(out, "category_hourly")? {
+        listed.push((text(&v, "hour")?, uint(&v, "rank")?));
         let row = HourlyRow {
             category: text(&v, "category")?,
             views: int(&v, "views")?,
@@ -166,6 +168,12 @@ fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
         actual.insert((text(&v, "hour")?, uint(&v, "rank")?), row);
     }
     compare("category_hourly", &actual, &expected)?;
+    // The snapshot lists rows in the typed key order: rank 2 before rank 10.
+    ensure!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "category_hourly snapshot is not in (hour, rank) order: {:?}",
+        listed.windows(2).find(|w| w[0] >= w[1])
+    );
     // The data must exercise what the test claims: ties on views and purchases decided
     // by name, and a category with no view ranking.
     let ties = expected

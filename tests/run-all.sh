@@ -44,6 +44,8 @@ cargo test --workspace --doc --locked
 log "README demo, bounded (same binary as the tests; the README runs it in release)"
 demo_out=$(mktemp -d)
 trap 'rm -rf "$demo_out"' EXIT
-cargo run --quiet --locked -p customer-analytics -- run --max-events 300000 --no-console -o "$demo_out"
+# The binary from the workspace build above: `cargo run -p customer-analytics` would unify
+# features differently and compile the dependency graph a second time.
+"${CARGO_TARGET_DIR:-target}/debug/customer-analytics" run --max-events 300000 --no-console -o "$demo_out"
 test -s "$demo_out/daily_visitors.jsonl" && test -s "$demo_out/session_funnel_daily.jsonl"
 echo "demo wrote $(wc -l < "$demo_out/daily_visitors.jsonl") daily_visitors rows and $(wc -l < "$demo_out/session_funnel_daily.jsonl") funnel rows" >&2

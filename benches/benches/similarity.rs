@@ -20,7 +20,7 @@ use cap_operators::local::pre_aggregate;
 use cap_operators::similarity::{similar_items, PairStats, SimilarityConfig};
 use clap::Parser;
 use customer_analytics::tables::recommendations::{
-    similarity_tables, RecommendationSettings, TOP_K,
+    similarity_tables, top_category, RecommendationSettings, TOP_K,
 };
 use differential_dataflow::input::Input;
 
@@ -106,7 +106,8 @@ fn run(events: Arc<Vec<Event>>, workers: usize, args: &Args) -> anyhow::Result<O
                 let touches = pre_aggregate(events.map(|e| (e.user_id, e.product_id)), "touches");
                 similar_items(touches, &config, report).map(|_| ())
             } else {
-                let (similar, recs) = similarity_tables(&events, &settings, report);
+                let (similar, recs) =
+                    similarity_tables(&events, top_category(&events), &settings, report);
                 similar.map(|_| ()).concat(recs.map(|_| ()))
             };
             let (probe, _) = outputs.probe();

@@ -36,6 +36,7 @@ pub mod clickstream;
 pub mod file;
 pub mod generate_cmd;
 pub mod generator;
+pub mod json_order;
 pub mod sinks;
 
 use clickstream::Event;

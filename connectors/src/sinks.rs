@@ -4,7 +4,8 @@
 //! - `<table>.changelog.jsonl`: every change, one JSON object per line, in epoch order and
 //!   key order within an epoch: `{"epoch":3,"key":{..},"row":{..}}`, or `"row":null` when
 //!   the key left the table (a tombstone). Flushed at the end of each epoch.
-//! - `<table>.jsonl`: the current rows, sorted by key, one JSON object per line. Rewritten
+//! - `<table>.jsonl`: the current rows, sorted by key (numbers numerically: the typed key's
+//!   order, see [`crate::json_order`]), one JSON object per line. Rewritten
 //!   atomically (temporary file + rename) every `snapshot_interval_ms` and when the run ends,
 //!   so a reader never sees a half-written snapshot.
 //!
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 use cap_engine::config::SinkConfig;
 use cap_engine::sink::{Change, SinkError, SinkFactory, TableWriter};
 
+use crate::json_order::JsonKey;
+
 fn io_err(table: &str, what: String, cause: std::io::Error) -> SinkError {
     SinkError {
         table: table.to_owned(),
@@ -34,7 +37,8 @@ pub struct JsonLinesSink {
     table: String,
     dir: PathBuf,
     changelog: BufWriter<File>,
-    current: BTreeMap<String, String>,
+    /// Current rows by key, in the typed key order (see [`JsonKey`]).
+    current: BTreeMap<JsonKey, String>,
     snapshot_every: Duration,
     last_snapshot: Instant,
     dirty: bool,
@@ -107,11 +111,11 @@ impl TableWriter for JsonLinesSink {
                 match &c.row {
                     Some(r) => {
                         self.changelog.write_all(r.as_bytes())?;
-                        self.current.insert(c.key.clone(), r.clone());
+                        self.current.insert(JsonKey(c.key.clone()), r.clone());
                     }
                     None => {
                         self.changelog.write_all(b"null")?;
-                        self.current.remove(&c.key);
+                        self.current.remove(&JsonKey(c.key.clone()));
                     }
                 }
                 self.changelog.write_all(b"}\n")?;

@@ -41,7 +41,13 @@ pub fn job_binary() -> Result<PathBuf> {
             // Exactly the build tests/run-all.sh does first, so this is a no-op there. A
             // narrower build (`-p customer-analytics`) would unify features differently and
             // compile a second copy of the dependency graph (time and disk).
-            cmd.args(["build", "--quiet", "--workspace", "--all-targets", "--locked"]);
+            cmd.args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+            ]);
             if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
                 cmd.arg("--release");
             }

@@ -35,7 +35,7 @@ use cap_connectors::clickstream::{Event, EventType, SessionId};
 use cap_connectors::generator::{GeneratorConfig, GeneratorSource};
 use clap::Parser;
 use customer_analytics::tables::recommendations::{
-    similarity_tables, RecommendationRow, RecommendationSettings,
+    similarity_tables, top_category, RecommendationRow, RecommendationSettings,
 };
 use differential_dataflow::input::Input;
 
@@ -79,7 +79,8 @@ fn recommend(
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Event, isize>();
             let settings = RecommendationSettings::default();
-            let (_similar, recs) = similarity_tables(&events, &settings, |_| {});
+            let (_similar, recs) =
+                similarity_tables(&events, top_category(&events), &settings, |_| {});
             let (probe, _) = recs
                 .inspect(move |(row, _t, d)| {
                     sink.lock()

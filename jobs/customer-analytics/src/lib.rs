@@ -166,20 +166,21 @@ impl Job for CustomerAnalytics {
 
         df.sink("alerts", tables::alerts::alerts(&events, &alert_rules))?;
 
-        let clusters = tables::clusters::customer_clusters(&events, &settings.clusters);
+        let traits = tables::customers::customer_traits(&events);
+        let clusters = tables::clusters::customer_clusters(&traits, &settings.clusters);
         df.sink("customer_clusters", clusters.customers)?;
         df.sink("cluster_centroids", clusters.centroids)?;
-
-        let traits = tables::customers::customer_traits(&events);
         df.sink(
             "segments",
             tables::customers::segments(&traits, &events, &segment_rules),
         )?;
-        df.sink("customer_traits", traits)?;
+        df.sink("customer_traits", traits.clone())?;
 
         let pair_stats = tables::recommendations::pair_metrics(df.registry(), df.worker_index());
+        let top_categories = traits.clone().map(|r| (r.user_id, r.top_category));
         let (similar, recommendations) = tables::recommendations::similarity_tables(
             &events,
+            top_categories,
             &settings.recommendations,
             pair_stats,
         );

@@ -2,11 +2,8 @@
 //! standardized log1p traits (see `docs/output-contract.md`).
 //!
 //! ```text
-//!  events ─┬─ (user, trait) x count / x price_cents ─ pre_aggregate ─ count ──────────────┐
-//!          ├─ (user, product) ─ pre_aggregate ─ distinct_count ─────────────────────────────┼─ reduce per user
-//!          └─ (user, session) ─ pre_aggregate ─ distinct_count ─────────────────────────────┘   ─▶ (user, [6 traits])
-//!  (user, traits) ─ kmeans_segments ─┬─ assignments ─▶ customer_clusters
-//!                                    └─ centroids   ─▶ cluster_centroids
+//!  customer_traits ─ map to (user, [6 traits]) ─ kmeans_segments ─┬─ assignments ─▶ customer_clusters
+//!                                                                  └─ centroids   ─▶ cluster_centroids
 //! ```
 //!
 //! The six traits, in feature order: views, carts, purchases (event counts; duplicates
@@ -20,12 +17,10 @@
 //! a pure function of the input (the final model is fit on every user's final traits),
 //! the same for any worker count or epoch size.
 
-use cap_connectors::clickstream::{Event, EventType};
+use super::customers::CustomerTraitsRow;
 use cap_engine::config::ConfigError;
 use cap_engine::sink::TableRow;
-use cap_operators::distinct::distinct_count;
 use cap_operators::kmeans::{kmeans_segments, KMeansParams, SegmentConfig};
-use cap_operators::local::pre_aggregate;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -245,79 +240,30 @@ pub struct Clusters<'s> {
     pub centroids: VecCollection<'s, u64, CentroidRow>,
 }
 
-/// Which trait a per-user value is (its index in [`ClusterTraits`]).
-const VIEWS: u8 = 0;
-const CARTS: u8 = 1;
-const PURCHASES: u8 = 2;
-const REVENUE: u8 = 3;
-const DISTINCT_PRODUCTS: u8 = 4;
-const SESSIONS: u8 = 5;
-
-/// Per user with any event, the six traits the clusters are computed from.
-///
-/// Kept separate so that, once the `customer_traits` table exists, the clusters can take
-/// their traits from it instead.
-pub fn cluster_traits<'s>(
-    events: &VecCollection<'s, u64, Event>,
-) -> VecCollection<'s, u64, (u64, ClusterTraits)> {
-    // Additive traits: each event adds 1 (counts) or its price in cents (revenue) to the
-    // multiplicity of (user, trait); `count` then sums the multiplicities.
-    let additive = pre_aggregate(
-        events.clone().explode(|e| {
-            let user = e.user_id;
-            let mut out: Vec<((u64, u8), isize)> = Vec::with_capacity(2);
-            match e.event_type {
-                EventType::View => out.push(((user, VIEWS), 1)),
-                EventType::Cart => out.push(((user, CARTS), 1)),
-                EventType::Purchase => {
-                    out.push(((user, PURCHASES), 1));
-                    if e.price_cents > 0 {
-                        out.push(((user, REVENUE), e.price_cents as isize));
-                    }
-                }
-                EventType::RemoveFromCart => {}
-            }
-            out
-        }),
-        "cluster_additive_traits",
-    )
-    .count()
-    .map(|((user, which), n)| (user, (which, n.max(0) as u64)));
-    let products = distinct_count(pre_aggregate(
-        events.clone().map(|e| (e.user_id, e.product_id)),
-        "cluster_user_products",
-    ))
-    .map(|(user, n)| (user, (DISTINCT_PRODUCTS, n)));
-    let sessions = distinct_count(pre_aggregate(
-        events.clone().flat_map(|e| {
-            let user = e.user_id;
-            e.user_session.map(move |s| (user, s))
-        }),
-        "cluster_user_sessions",
-    ))
-    .map(|(user, n)| (user, (SESSIONS, n)));
-    additive.concat(products).concat(sessions).reduce_named(
-        "ClusterTraits",
-        |_user: &u64, input, output| {
-            let mut traits: ClusterTraits = [0; 6];
-            for ((which, n), diff) in input {
-                if *diff > 0 {
-                    if let Some(slot) = traits.get_mut(usize::from(*which)) {
-                        *slot = *n;
-                    }
-                }
-            }
-            output.push((traits, 1isize));
-        },
-    )
+/// The six clustering traits of one `customer_traits` row, in feature order.
+pub fn cluster_traits_of(row: &CustomerTraitsRow) -> ClusterTraits {
+    [
+        row.views,
+        row.carts,
+        row.purchases,
+        row.revenue.0.max(0) as u64,
+        row.distinct_products,
+        row.sessions,
+    ]
 }
 
-/// `customer_clusters` and `cluster_centroids` from the events.
+/// `customer_clusters` and `cluster_centroids` from the `customer_traits` table: the
+/// clusters share its per-user state instead of keeping their own.
 pub fn customer_clusters<'s>(
-    events: &VecCollection<'s, u64, Event>,
+    traits: &VecCollection<'s, u64, CustomerTraitsRow>,
     settings: &ClusterSettings,
 ) -> Clusters<'s> {
-    clusters_from_traits(cluster_traits(events), settings)
+    clusters_from_traits(
+        traits
+            .clone()
+            .map(|row| (row.user_id, cluster_traits_of(&row))),
+        settings,
+    )
 }
 
 /// `customer_clusters` and `cluster_centroids` from per-user traits.

@@ -4,7 +4,7 @@
 //! ```text
 //!  events ─┬─ (user, product) ─ pre_aggregate ─ similar_items ──────────────┬──▶ similar_items
 //!          ├─ (user, (product, interaction)) ─ pre_aggregate ─┐             │
-//!          ├─ (user, category) ─ pre_aggregate ─ top_category ┤  refresh_every(R)
+//!  customer_traits ─ (user, top_category) ─────────────────┤  refresh_every(R)
 //!          └─ purchases (category, product) ─ pre_aggregate ──┤             │
 //!                                                             └─ recommend ◀┘ ──▶ recommendations
 //! ```
@@ -14,8 +14,8 @@
 //!   product whose category key is that category (no product -> category mapping is
 //!   assumed: a product seen under two categories ranks in both); only products with at
 //!   least one purchase there are fill candidates;
-//! - `top_category` is computed here with a small reduce (most events of any type, ties by
-//!   category key ascending), as `customer_traits` defines it;
+//! - the user's top category comes from `customer_traits` (the job passes its column in;
+//!   [`top_category`] computes the same from events for callers without that table);
 //! - scores: `similar_items.score` is `sqrt(co² / (n(a)·n(b)))` in `f64` rounded to 6
 //!   decimals, ranked exactly on the integers; `recommendations.score` is the fixed-point sum
 //!   `Σ w(q) · round(sim(q,p) · 2^40)` divided by `2^40`, rounded to 6 decimals (see
@@ -261,8 +261,9 @@ fn interaction(kind: EventType) -> Interaction {
     }
 }
 
-/// Per user, the category key with most events of any type, ties by key ascending.
-/// (`customer_traits.top_category`; kept small and separate so the two can be unified.)
+/// Per user, the category key with most events of any type, ties by key ascending: the
+/// `customer_traits.top_category` column, for callers (benchmarks, other jobs) that
+/// build the recommendations without the `customer_traits` table.
 pub fn top_category<'s>(
     events: &VecCollection<'s, u64, Event>,
 ) -> VecCollection<'s, u64, (u64, CompactString)> {
@@ -330,6 +331,7 @@ pub fn pair_metrics(registry: &Registry, worker: usize) -> impl FnMut(PairStats)
 /// of the co-occurrence state (see [`PairStats`]).
 pub fn similarity_tables<'s>(
     events: &VecCollection<'s, u64, Event>,
+    top_categories: VecCollection<'s, u64, (u64, CompactString)>,
     settings: &RecommendationSettings,
     stats: impl FnMut(PairStats) + 'static,
 ) -> (
@@ -374,7 +376,7 @@ pub fn similarity_tables<'s>(
     let recs = recommend(
         refresh_every(interactions, r),
         refresh_every(similar, r),
-        refresh_every(top_category(events), r),
+        refresh_every(top_categories, r),
         refresh_every(purchases, r),
         &rec_config,
     )
