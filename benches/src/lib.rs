@@ -48,6 +48,35 @@ pub fn run_pipeline<J: Job>(job: J, bench: &PipelineBench) -> anyhow::Result<Run
     )?)
 }
 
+/// Resets this process's peak resident set size (`VmHWM`) so that the next
+/// [`peak_rss_bytes`] measures one run; a no-op where `/proc/self/clear_refs` is missing.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size of this process (`VmHWM` in `/proc/self/status`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Distinct users among the first `events` events the generator produces with `config`
+/// (all partitions): the customers a run over the same events holds state for.
+pub fn generated_customers(
+    config: cap_connectors::generator::GeneratorConfig,
+) -> anyhow::Result<u64> {
+    let source = cap_connectors::generator::GeneratorSource::try_new("customers", config)?;
+    let mut users = std::collections::HashSet::new();
+    for k in 0..source.config().partitions {
+        for e in source.partition(k)? {
+            users.insert(e.user_id);
+        }
+    }
+    Ok(users.len() as u64)
+}
+
 /// One line of results: events/s and latency percentiles in milliseconds.
 pub fn format_report(name: &str, r: &RunReport) -> String {
     let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;

@@ -54,3 +54,7 @@ pub mod topk;
 pub mod traits;
 
 pub use differential_dataflow::VecCollection;
+
+/// The operator catalogue (`docs/operators.md`); its examples are compiled as doctests.
+#[doc = include_str!("../../docs/operators.md")]
+pub mod catalogue {}

@@ -70,8 +70,8 @@ where
     K: ExchangeData + Hash,
     A: ExchangeData + Ord + Hash + Semigroup + Multiply<isize, Output = A>,
 {
-    let exploded = values.explode(|(k, a)| Some((k, a)));
-    pre_aggregate(exploded, name).count()
+    // The same operator as `aggregate::sum_by_key`, for values already keyed.
+    crate::aggregate::sum_by_key(values, name, |(k, a)| Some((k, a)))
 }
 
 /// Per key, the least and the greatest value present, `(key, (min, max))`.

@@ -1,28 +1,32 @@
-//! `customer-analytics`: the flagship CAP job, computing the output contract
-//! (`docs/output-contract.md`) incrementally over a clickstream.
+//! `customer-analytics`: the flagship CAP job, computing every table of the output
+//! contract (`docs/output-contract.md`) incrementally over a clickstream.
 //!
-//! This slice computes `daily_visitors`, `session_funnel_daily`, `customer_traits` and
-//! `segments` (see `tables::customers` for their dataflow), and `dead_letters`:
+//! The job only wires operators of `cap_operators` and reads their settings from
+//! `[job.*]`; each table's dataflow is drawn in its module under [`tables`]:
 //!
 //! ```text
-//!  clickstream ──decode──┬── dead letters ──────────────────────────────────▶ dead_letters
-//!                        └── clicks (time, user, session, kind)
-//!                              ├─ (day)           pre_aggregate ─ count ─────────┐
-//!                              ├─ (day, user)     pre_aggregate ─ distinct_count ├─ per day ─▶ daily_visitors
-//!                              ├─ (day, session)  pre_aggregate ─ distinct_count ┘
-//!                              └─ (session, FunnelEvent) pre_aggregate ─ funnel_units(ordered, 3 steps)
-//!                                     ─ funnel_step_counts(day of first event) ─▶ session_funnel_daily
+//!  clickstream ─decode─┬─ dead letters ───────────────────────────────────────────▶ dead_letters
+//!                      └─ events
+//!                          ├─ clicks ─┬─ distinct_count (day,user) (day,session), count ─▶ daily_visitors
+//!                          │          └─ funnel_units (session, ordered 3 steps)
+//!                          │               └─ funnel_step_counts (day of first event) ─▶ session_funnel_daily
+//!                          ├─ sum_by_key per session ─ per day ────────────────────────▶ cart_abandonment_daily
+//!                          ├─ sum_by_key (hour|weekday, category) ─ top_k(10) ─────────▶ category_hourly, category_weekday
+//!                          ├─ sum_by_key (day, brand) ─────────────────────────────────▶ brand_daily
+//!                          ├─ windowed_counts / distinct / baseline_surges ─ merge ────▶ alerts
+//!                          ├─ traits (sums, min/max, distinct, top-1) ─ combine ──┬────▶ customer_traits
+//!                          │                                                      ├─ segments(rules, watermark) ─▶ segments
+//!                          │                                                      ├─ kmeans_segments ─▶ customer_clusters,
+//!                          │                                                      │                     cluster_centroids
+//!                          │                                   (user, top_category)┤
+//!                          └─ (user, product) ─ similar_items(cosine, top 10) ─────┴─ recommend ─▶ similar_items,
+//!                                                                                                 recommendations
 //! ```
 //!
-//! `cart_abandonment_daily`, `category_hourly`, `category_weekday` and `brand_daily` are
-//! built from the full events (see their modules in [`tables`]), with monoid counters summed
-//! per key (`cap_operators::aggregate`) and top-k ranking (`cap_operators::topk`).
-//! `customer_clusters` and `cluster_centroids` (k-means segments, `tables::clusters`) are
-//! built from the events directly.
-//!
 //! Every table is, after each epoch, exactly the batch query over all events read so far
-//! (the end-to-end test checks it against an independent batch computation), except the
-//! k-means tables, which are exact after the input ends (see their module).
+//! (the end-to-end tests check each against an independent batch computation), except
+//! the k-means tables, which are exact after the input ends (see `tables::clusters`), and
+//! `recommendations` when `refresh_epochs` > 1 (exact at refresh epochs and at the end).
 
 use std::sync::Arc;
 
