@@ -197,6 +197,53 @@ fn bad_configuration_fails_at_start_naming_the_key() -> Result<()> {
 }
 
 #[test]
+fn engine_tables_builds_and_writes_only_the_tables_asked_for() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    cap_tests::run_job(&[
+        "run",
+        "-o",
+        out.to_str().context("path")?,
+        "--no-console",
+        "--max-events",
+        "20000",
+        "--tables",
+        "daily_visitors,segments",
+    ])?;
+    let mut written: Vec<String> = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".jsonl") && !n.ends_with(".changelog.jsonl"))
+        .collect();
+    written.sort();
+    ensure!(
+        written == ["daily_visitors.jsonl", "segments.jsonl"],
+        "wrote {written:?}"
+    );
+    ensure!(!cap_tests::read_jsonl(&out.join("segments.jsonl"))?.is_empty());
+
+    // A table the job does not have is a start-up error naming the key and the table.
+    let bin = cap_tests::job_binary()?;
+    let bad = std::process::Command::new(bin)
+        .args([
+            "run",
+            "--no-console",
+            "--set",
+            r#"engine.tables=["daily_vistors"]"#,
+        ])
+        .output()?;
+    ensure!(
+        !bad.status.success(),
+        "an unknown table must fail the start"
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    ensure!(
+        err.contains("engine.tables") && err.contains("daily_vistors"),
+        "error should name the key and the table: {err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn sigint_completes_the_open_epoch_and_flushes_every_output() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("out");

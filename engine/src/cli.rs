@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Sink kind for every table: `file` or `null`.
     #[arg(long, value_name = "KIND")]
     pub sink: Option<String>,
+    /// Compute and write only these tables (comma separated; default: all of the job's).
+    #[arg(long, value_name = "TABLE,...", value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
     /// Read the job's first source from this CSV/JSON file (plain or .gz) instead of its default.
     #[arg(short = 'i', long, value_name = "FILE")]
     pub input: Option<PathBuf>,
@@ -126,6 +129,13 @@ pub fn layered_config<J: Job>(
     }
     if let Some(kind) = &args.sink {
         layers.set_value("sinks.kind", toml::Value::String(kind.clone()))?;
+    }
+    if let Some(tables) = &args.tables {
+        let list = tables
+            .iter()
+            .map(|t| toml::Value::String(t.clone()))
+            .collect();
+        layers.set_value("engine.tables", toml::Value::Array(list))?;
     }
     if let Some(input) = &args.input {
         let first =

@@ -91,6 +91,9 @@ pub struct EngineConfig {
     pub console_tables: Vec<String>,
     /// Where the engine writes its own records (epoch positions log).
     pub state_dir: PathBuf,
+    /// Tables to compute and write; empty (default): every table of the job. A job skips
+    /// building the dataflow of a table nobody asked for (see `Dataflow::wants`).
+    pub tables: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -110,6 +113,7 @@ impl Default for EngineConfig {
             console_interval_ms: 1000,
             console_tables: Vec::new(),
             state_dir: PathBuf::from("out/_state"),
+            tables: Vec::new(),
         }
     }
 }

@@ -94,6 +94,20 @@ impl<'s> Dataflow<'s> {
         global_worker: usize,
     ) -> Result<Dataflow<'s>, BuildError> {
         let sinks: SinksConfig = layers.typed("sinks")?;
+        if let Some(unknown) = engine
+            .tables
+            .iter()
+            .find(|t| !declared.contains(&t.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "engine.tables".into(),
+                reason: format!(
+                    "`{unknown}` is not a table of this job (its tables: {})",
+                    declared.join(", ")
+                ),
+            }
+            .into());
+        }
         let clock = Rc::new(RefCell::new(EpochClock::new(
             engine.epoch_records,
             engine.epoch_ms,
@@ -184,6 +198,13 @@ impl<'s> Dataflow<'s> {
         )?)
     }
 
+    /// Whether `table` is to be computed: `engine.tables` is empty (every table) or lists
+    /// it. A job skips building what only unwanted tables need; [`Dataflow::sink`] of an
+    /// unwanted table is accepted and writes nothing.
+    pub fn wants(&self, table: &str) -> bool {
+        self.engine.tables.is_empty() || self.engine.tables.iter().any(|t| t == table)
+    }
+
     /// Writes `rows` as the output table `table`, bound by `[sinks]` / `[sinks.tables.<table>]`.
     pub fn sink<R: TableRow + Hashable>(
         &mut self,
@@ -200,6 +221,9 @@ impl<'s> Dataflow<'s> {
             return Err(BuildError::Table(table.into(), "is written twice".into()));
         }
         self.sunk.push(table.to_owned());
+        if !self.wants(table) {
+            return Ok(());
+        }
         let is_writer = writer_worker(table, self.scope.peers()) == self.scope.index();
         let writer = if is_writer {
             Some(self.factory.open(table, self.sinks.for_table(table))?)
@@ -224,7 +248,7 @@ impl<'s> Dataflow<'s> {
 
     pub(crate) fn finish(&self) -> Result<(), BuildError> {
         for t in &self.declared {
-            if !self.sunk.iter().any(|s| s == t) {
+            if self.wants(t) && !self.sunk.iter().any(|s| s == t) {
                 return Err(BuildError::Table(
                     (*t).into(),
                     "is declared but never written".into(),

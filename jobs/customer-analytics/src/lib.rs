@@ -148,48 +148,85 @@ impl Job for CustomerAnalytics {
         let input = df.source("clickstream", &cap_connectors::open_clickstream)?;
         let events = input.records;
         let clicks = events.clone().map(|e| Click::from(&e));
+        let any = |df: &Dataflow<'s>, tables: &[&str]| tables.iter().any(|t| df.wants(t));
 
-        df.sink("daily_visitors", tables::visitors::daily_visitors(&clicks))?;
-        df.sink(
-            "session_funnel_daily",
-            tables::funnels::session_funnel_daily(&clicks)?,
-        )?;
-        df.sink(
-            "cart_abandonment_daily",
-            tables::abandonment::cart_abandonment_daily(&events),
-        )?;
-        df.sink(
-            "category_hourly",
-            tables::categories::category_hourly(&events),
-        )?;
-        df.sink(
-            "category_weekday",
-            tables::categories::category_weekday(&events),
-        )?;
-        df.sink("brand_daily", tables::brands::brand_daily(&events))?;
+        // `engine.tables` may ask for a subset: build only what the wanted tables need.
+        if df.wants("daily_visitors") {
+            df.sink("daily_visitors", tables::visitors::daily_visitors(&clicks))?;
+        }
+        if df.wants("session_funnel_daily") {
+            df.sink(
+                "session_funnel_daily",
+                tables::funnels::session_funnel_daily(&clicks)?,
+            )?;
+        }
+        if df.wants("cart_abandonment_daily") {
+            df.sink(
+                "cart_abandonment_daily",
+                tables::abandonment::cart_abandonment_daily(&events),
+            )?;
+        }
+        if df.wants("category_hourly") {
+            df.sink(
+                "category_hourly",
+                tables::categories::category_hourly(&events),
+            )?;
+        }
+        if df.wants("category_weekday") {
+            df.sink(
+                "category_weekday",
+                tables::categories::category_weekday(&events),
+            )?;
+        }
+        if df.wants("brand_daily") {
+            df.sink("brand_daily", tables::brands::brand_daily(&events))?;
+        }
+        if df.wants("alerts") {
+            df.sink("alerts", tables::alerts::alerts(&events, &alert_rules))?;
+        }
 
-        df.sink("alerts", tables::alerts::alerts(&events, &alert_rules))?;
+        let traits = any(
+            df,
+            &[
+                "customer_traits",
+                "segments",
+                "customer_clusters",
+                "cluster_centroids",
+                "recommendations",
+            ],
+        )
+        .then(|| tables::customers::customer_traits(&events));
+        if let Some(traits) = &traits {
+            if any(df, &["customer_clusters", "cluster_centroids"]) {
+                let clusters = tables::clusters::customer_clusters(traits, &settings.clusters);
+                df.sink("customer_clusters", clusters.customers)?;
+                df.sink("cluster_centroids", clusters.centroids)?;
+            }
+            if df.wants("segments") {
+                df.sink(
+                    "segments",
+                    tables::customers::segments(traits, &events, &segment_rules),
+                )?;
+            }
+            df.sink("customer_traits", traits.clone())?;
+        }
 
-        let traits = tables::customers::customer_traits(&events);
-        let clusters = tables::clusters::customer_clusters(&traits, &settings.clusters);
-        df.sink("customer_clusters", clusters.customers)?;
-        df.sink("cluster_centroids", clusters.centroids)?;
-        df.sink(
-            "segments",
-            tables::customers::segments(&traits, &events, &segment_rules),
-        )?;
-        df.sink("customer_traits", traits.clone())?;
-
-        let pair_stats = tables::recommendations::pair_metrics(df.registry(), df.worker_index());
-        let top_categories = traits.clone().map(|r| (r.user_id, r.top_category));
-        let (similar, recommendations) = tables::recommendations::similarity_tables(
-            &events,
-            top_categories,
-            &settings.recommendations,
-            pair_stats,
-        );
-        df.sink("similar_items", similar)?;
-        df.sink("recommendations", recommendations)?;
+        if any(df, &["similar_items", "recommendations"]) {
+            let pair_stats =
+                tables::recommendations::pair_metrics(df.registry(), df.worker_index());
+            let top_categories = match &traits {
+                Some(traits) => traits.clone().map(|r| (r.user_id, r.top_category)),
+                None => tables::recommendations::top_category(&events),
+            };
+            let (similar, recommendations) = tables::recommendations::similarity_tables(
+                &events,
+                top_categories,
+                &settings.recommendations,
+                pair_stats,
+            );
+            df.sink("similar_items", similar)?;
+            df.sink("recommendations", recommendations)?;
+        }
 
         // dead_letters
         df.sink(
