@@ -6,8 +6,6 @@
 //! text and ratio, with one worker, two workers, and two processes over loopback.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
@@ -15,7 +13,10 @@ use cap_tests::batch_aggregates::{
     batch_brand_daily, batch_cart_abandonment, batch_category_hourly, batch_category_weekday,
     raw_number, AbandonmentRow, BrandRow, HourlyRow, WeekdayRow,
 };
-use cap_tests::{fold_changelog, job_binary, read_csv_batch, read_jsonl, run_job};
+use cap_tests::{
+    append_lines, ensure_changelog_folds_to_snapshot, ensure_same_rows, field_f64, field_i64,
+    field_text, field_u64, generate_csv, job_binary, read_csv_batch, run_on_csv,
+};
 use serde_json::Value;
 
 /// Valid rows appended after the generated ones (so they also arrive late), each an edge
@@ -41,46 +42,12 @@ const TABLES: [&str; 4] = [
     "cart_abandonment_daily",
 ];
 
+/// The generated events (seed 23, about a week of event time, so every weekday and many
+/// hours and days occur) with the edge rows appended.
 fn generate(dir: &Path, events: u64) -> Result<std::path::PathBuf> {
-    let csv = dir.join("events.csv");
-    run_job(&[
-        "generate",
-        "-o",
-        csv.to_str().context("path")?,
-        "--events",
-        &events.to_string(),
-        "--seed",
-        "23",
-        "--out-of-order",
-        "0.05",
-        "--duplicates",
-        "0.01",
-        // About a week of event time, so every weekday and many hours and days occur.
-        "--set",
-        "events_per_day=20000",
-        "--no-progress",
-    ])?;
-    let mut f = std::fs::OpenOptions::new().append(true).open(&csv)?;
-    for row in EDGE_ROWS {
-        writeln!(f, "{row}")?;
-    }
+    let csv = generate_csv(dir, events, 23, &["--set", "events_per_day=20000"])?;
+    append_lines(&csv, &EDGE_ROWS)?;
     Ok(csv)
-}
-
-fn run(csv: &Path, out: &Path, workers: &str, epoch_records: &str) -> Result<()> {
-    run_job(&[
-        "run",
-        "--input",
-        csv.to_str().context("path")?,
-        "--output",
-        out.to_str().context("path")?,
-        "--workers",
-        workers,
-        "--epoch-records",
-        epoch_records,
-        "--no-console",
-    ])?;
-    Ok(())
 }
 
 /// The snapshot of `table` as (raw line, parsed object) pairs.
@@ -94,57 +61,10 @@ fn snapshot(out: &Path, table: &str) -> Result<Vec<(String, Value)>> {
         .collect()
 }
 
-fn text(v: &Value, field: &str) -> Result<String> {
-    Ok(v[field]
-        .as_str()
-        .with_context(|| format!("{field} in {v}"))?
-        .to_owned())
-}
-
-fn int(v: &Value, field: &str) -> Result<i64> {
-    v[field].as_i64().with_context(|| format!("{field} in {v}"))
-}
-
-fn uint(v: &Value, field: &str) -> Result<u64> {
-    v[field].as_u64().with_context(|| format!("{field} in {v}"))
-}
-
-fn float(v: &Value, field: &str) -> Result<f64> {
-    v[field].as_f64().with_context(|| format!("{field} in {v}"))
-}
-
 fn money(line: &str, field: &str) -> Result<String> {
     Ok(raw_number(line, field)
         .with_context(|| format!("{field} in {line}"))?
         .to_owned())
-}
-
-/// Fails with the first few differing keys when the maps differ.
-fn compare<K: Ord + Debug, V: PartialEq + Debug>(
-    table: &str,
-    actual: &BTreeMap<K, V>,
-    expected: &BTreeMap<K, V>,
-) -> Result<()> {
-    let mut diffs = Vec::new();
-    for (k, v) in expected {
-        match actual.get(k) {
-            Some(a) if a == v => {}
-            other => diffs.push(format!("{k:?}: stream {other:?}, batch {v:?}")),
-        }
-    }
-    for (k, a) in actual {
-        if !expected.contains_key(k) {
-            diffs.push(format!("{k:?}: stream {a:?}, batch none"));
-        }
-    }
-    ensure!(
-        diffs.is_empty(),
-        "{table}: {} of {} batch rows differ from the stream, e.g.:\n{}",
-        diffs.len(),
-        expected.len(),
-        diffs[..diffs.len().min(8)].join("\n")
-    );
-    Ok(())
 }
 
 fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
@@ -157,17 +77,17 @@ fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
     let mut actual = BTreeMap::new();
     let mut listed = Vec::new();
     for (line, v) in snapshot(out, "category_hourly")? {
-        listed.push((text(&v, "hour")?, uint(&v, "rank")?));
+        listed.push((field_text(&v, "hour")?, field_u64(&v, "rank")?));
         let row = HourlyRow {
-            category: text(&v, "category")?,
-            views: int(&v, "views")?,
-            carts: int(&v, "carts")?,
-            purchases: int(&v, "purchases")?,
+            category: field_text(&v, "category")?,
+            views: field_i64(&v, "views")?,
+            carts: field_i64(&v, "carts")?,
+            purchases: field_i64(&v, "purchases")?,
             revenue: money(&line, "revenue")?,
         };
-        actual.insert((text(&v, "hour")?, uint(&v, "rank")?), row);
+        actual.insert((field_text(&v, "hour")?, field_u64(&v, "rank")?), row);
     }
-    compare("category_hourly", &actual, &expected)?;
+    ensure_same_rows("category_hourly", &actual, &expected)?;
     // The snapshot lists rows in the typed key order: rank 2 before rank 10.
     ensure!(
         listed.windows(2).all(|w| w[0] < w[1]),
@@ -207,14 +127,14 @@ fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
     let mut actual = BTreeMap::new();
     for (line, v) in snapshot(out, "category_weekday")? {
         let row = WeekdayRow {
-            category: text(&v, "category")?,
-            views: int(&v, "views")?,
-            purchases: int(&v, "purchases")?,
+            category: field_text(&v, "category")?,
+            views: field_i64(&v, "views")?,
+            purchases: field_i64(&v, "purchases")?,
             revenue: money(&line, "revenue")?,
         };
-        actual.insert((uint(&v, "weekday")?, uint(&v, "rank")?), row);
+        actual.insert((field_u64(&v, "weekday")?, field_u64(&v, "rank")?), row);
     }
-    compare("category_weekday", &actual, &expected)?;
+    ensure_same_rows("category_weekday", &actual, &expected)?;
 
     // brand_daily
     let expected = batch_brand_daily(&events);
@@ -225,15 +145,15 @@ fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
     let mut actual = BTreeMap::new();
     for (line, v) in snapshot(out, "brand_daily")? {
         let row = BrandRow {
-            views: int(&v, "views")?,
-            carts: int(&v, "carts")?,
-            purchases: int(&v, "purchases")?,
+            views: field_i64(&v, "views")?,
+            carts: field_i64(&v, "carts")?,
+            purchases: field_i64(&v, "purchases")?,
             revenue: money(&line, "revenue")?,
-            conversion: float(&v, "conversion")?,
+            conversion: field_f64(&v, "conversion")?,
         };
-        actual.insert((text(&v, "day")?, text(&v, "brand")?), row);
+        actual.insert((field_text(&v, "day")?, field_text(&v, "brand")?), row);
     }
-    compare("brand_daily", &actual, &expected)?;
+    ensure_same_rows("brand_daily", &actual, &expected)?;
 
     // cart_abandonment_daily
     let expected = batch_cart_abandonment(&events);
@@ -249,34 +169,20 @@ fn check_outputs(csv: &Path, out: &Path) -> Result<()> {
     let mut actual = BTreeMap::new();
     for (_, v) in snapshot(out, "cart_abandonment_daily")? {
         let row = AbandonmentRow {
-            sessions_with_cart: int(&v, "sessions_with_cart")?,
-            sessions_with_purchase: int(&v, "sessions_with_purchase")?,
-            abandoned_sessions: int(&v, "abandoned_sessions")?,
-            abandonment_rate: float(&v, "abandonment_rate")?,
+            sessions_with_cart: field_i64(&v, "sessions_with_cart")?,
+            sessions_with_purchase: field_i64(&v, "sessions_with_purchase")?,
+            abandoned_sessions: field_i64(&v, "abandoned_sessions")?,
+            abandonment_rate: field_f64(&v, "abandonment_rate")?,
         };
-        actual.insert(text(&v, "day")?, row);
+        actual.insert(field_text(&v, "day")?, row);
     }
-    compare("cart_abandonment_daily", &actual, &expected)?;
+    ensure_same_rows("cart_abandonment_daily", &actual, &expected)?;
 
     // Each changelog folds to its snapshot. Compared as sorted row texts: the fold orders
     // keys by their re-serialized JSON (fields sorted by name), the snapshot by the key's
     // own JSON, and these differ for (weekday, rank).
     for table in TABLES {
-        let mut folded: Vec<String> =
-            fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
-                .into_values()
-                .map(|v| v.to_string())
-                .collect();
-        let mut snapshot: Vec<String> = read_jsonl(&out.join(format!("{table}.jsonl")))?
-            .iter()
-            .map(Value::to_string)
-            .collect();
-        folded.sort();
-        snapshot.sort();
-        ensure!(
-            folded == snapshot,
-            "{table}: the changelog does not fold to the snapshot"
-        );
+        ensure_changelog_folds_to_snapshot(out, table)?;
     }
     Ok(())
 }
@@ -287,7 +193,7 @@ fn aggregates_equal_batch_with_two_workers_and_small_epochs() -> Result<()> {
     let csv = generate(dir.path(), 150_000)?;
     let out = dir.path().join("out");
     // Small epochs: many incremental updates, so ranks move and rows are retracted.
-    run(&csv, &out, "2", "4000")?;
+    run_on_csv(&csv, &out, "2", "4000", &[])?;
     check_outputs(&csv, &out)
 }
 
@@ -296,7 +202,7 @@ fn aggregates_equal_batch_with_one_worker() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let csv = generate(dir.path(), 150_000)?;
     let out = dir.path().join("out");
-    run(&csv, &out, "1", "997")?;
+    run_on_csv(&csv, &out, "1", "997", &[])?;
     check_outputs(&csv, &out)
 }
 

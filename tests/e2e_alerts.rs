@@ -8,47 +8,11 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use cap_tests::batch_alerts::{batch_alerts, AlertParams};
-use cap_tests::{fold_changelog, read_csv_batch, read_jsonl, run_job};
+use cap_tests::{
+    ensure_changelog_folds_to_snapshot_in_order, generate_csv, read_csv_batch, read_jsonl,
+    run_on_csv,
+};
 use serde_json::Value;
-
-fn generate(dir: &Path, events: u64, seed: u64) -> Result<std::path::PathBuf> {
-    let csv = dir.join("events.csv");
-    run_job(&[
-        "generate",
-        "-o",
-        csv.to_str().context("path")?,
-        "--events",
-        &events.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--out-of-order",
-        "0.05",
-        "--duplicates",
-        "0.01",
-        "--no-progress",
-    ])?;
-    Ok(csv)
-}
-
-fn run(csv: &Path, out: &Path, workers: &str, epoch_records: &str, set: &[&str]) -> Result<()> {
-    let mut args = vec![
-        "run",
-        "-i",
-        csv.to_str().context("path")?,
-        "-o",
-        out.to_str().context("path")?,
-        "-w",
-        workers,
-        "--epoch-records",
-        epoch_records,
-        "--no-console",
-    ];
-    for kv in set {
-        args.extend(["--set", kv]);
-    }
-    run_job(&args)?;
-    Ok(())
-}
 
 fn check_alerts(csv: &Path, out: &Path, params: &AlertParams) -> Result<BTreeMap<String, Value>> {
     let (events, _) = read_csv_batch(csv)?;
@@ -75,13 +39,7 @@ fn check_alerts(csv: &Path, out: &Path, params: &AlertParams) -> Result<BTreeMap
             "alerts differs from the batch computation:\nstream only {only_stream:#?}\nbatch only  {only_batch:#?}"
         );
     }
-    let folded: Vec<_> = fold_changelog(&out.join("alerts.changelog.jsonl"))?
-        .into_values()
-        .collect();
-    ensure!(
-        folded == read_jsonl(&out.join("alerts.jsonl"))?,
-        "alerts: the changelog does not fold to the snapshot"
-    );
+    ensure_changelog_folds_to_snapshot_in_order(out, "alerts")?;
     Ok(expected)
 }
 
@@ -92,9 +50,9 @@ fn count_kind(rows: &BTreeMap<String, Value>, kind: &str) -> usize {
 #[test]
 fn alerts_equal_the_batch_rules_with_default_settings_on_two_workers() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let csv = generate(dir.path(), 150_000, 11)?;
+    let csv = generate_csv(dir.path(), 150_000, 11, &[])?;
     let out = dir.path().join("out");
-    run(&csv, &out, "2", "4000", &[])?;
+    run_on_csv(&csv, &out, "2", "4000", &[])?;
     let rows = check_alerts(&csv, &out, &AlertParams::default())?;
     // Not vacuous: the injected incidents are there, per subject and globally.
     ensure!(
@@ -116,7 +74,7 @@ fn alerts_equal_the_batch_rules_with_default_settings_on_two_workers() -> Result
 #[test]
 fn alerts_equal_the_batch_rules_with_other_settings_on_one_worker() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let csv = generate(dir.path(), 60_000, 3)?;
+    let csv = generate_csv(dir.path(), 60_000, 3, &[])?;
     let out = dir.path().join("out");
     // Shorter, more sensitive windows: many more alerts, merges and retractions.
     let params = AlertParams {
@@ -149,7 +107,8 @@ fn alerts_equal_the_batch_rules_with_other_settings_on_one_worker() -> Result<()
         "job.alerts.global_min_ips=5",
         "job.alerts.critical_ratio=1.5",
     ];
-    run(&csv, &out, "1", "997", &set)?;
+    let set_args: Vec<&str> = set.iter().flat_map(|kv| ["--set", kv]).collect();
+    run_on_csv(&csv, &out, "1", "997", &set_args)?;
     let rows = check_alerts(&csv, &out, &params)?;
     ensure!(
         count_kind(&rows, "traffic_spike") > 0 && count_kind(&rows, "bot") > 0,

@@ -9,56 +9,21 @@
 //!   features (`tests/kmeans_vs_sklearn.py`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use cap_tests::batch_clusters::{
     batch_cluster_traits, standardized_features, write_features_csv, FEATURES,
 };
-use cap_tests::{fold_changelog, read_csv_batch, read_jsonl, run_job};
+use cap_tests::{
+    ensure_changelog_folds_to_snapshot_in_order, field_f64, generate_csv, read_csv_batch,
+    read_jsonl, run_on_csv,
+};
 
 /// Tolerance on a recomputed distance: the printed centroid and distance are rounded to
 /// 6 decimals (error <= sqrt(6) x 5e-7 + 5e-7), plus float noise.
 const DISTANCE_TOLERANCE: f64 = 1e-5;
-
-fn generate(dir: &Path, events: u64, seed: u64) -> Result<PathBuf> {
-    let csv = dir.join("events.csv");
-    run_job(&[
-        "generate",
-        "-o",
-        csv.to_str().context("path")?,
-        "--events",
-        &events.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--out-of-order",
-        "0.05",
-        "--duplicates",
-        "0.01",
-        "--no-progress",
-    ])?;
-    Ok(csv)
-}
-
-fn run(csv: &Path, out: &Path, workers: usize, epoch_records: u64, extra: &[&str]) -> Result<()> {
-    let mut args = vec![
-        "run".to_owned(),
-        "-i".into(),
-        csv.to_str().context("path")?.into(),
-        "-o".into(),
-        out.to_str().context("path")?.into(),
-        "-w".into(),
-        workers.to_string(),
-        "--epoch-records".into(),
-        epoch_records.to_string(),
-        "--no-console".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_job(&args)?;
-    Ok(())
-}
 
 /// The centroids: cluster -> (6 standardized coordinates, size).
 fn read_centroids(out: &Path) -> Result<BTreeMap<u64, ([f64; 6], u64)>> {
@@ -67,9 +32,7 @@ fn read_centroids(out: &Path) -> Result<BTreeMap<u64, ([f64; 6], u64)>> {
         let cluster = row["cluster"].as_u64().context("cluster")?;
         let mut z = [0.0; 6];
         for (j, name) in FEATURES.iter().enumerate() {
-            z[j] = row[format!("{name}_z")]
-                .as_f64()
-                .with_context(|| format!("{name}_z in {row}"))?;
+            z[j] = field_f64(&row, &format!("{name}_z"))?;
         }
         let size = row["size"].as_u64().context("size")?;
         centroids.insert(cluster, (z, size));
@@ -150,13 +113,7 @@ fn check_consistency(csv: &Path, out: &Path, k: usize) -> Result<()> {
     }
     // Changelogs fold to the snapshots (every old row was retracted or replaced).
     for table in ["customer_clusters", "cluster_centroids"] {
-        let folded: Vec<_> = fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
-            .into_values()
-            .collect();
-        ensure!(
-            folded == read_jsonl(&out.join(format!("{table}.jsonl")))?,
-            "{table}: the changelog does not fold to the snapshot"
-        );
+        ensure_changelog_folds_to_snapshot_in_order(out, table)?;
     }
     Ok(())
 }
@@ -164,26 +121,32 @@ fn check_consistency(csv: &Path, out: &Path, k: usize) -> Result<()> {
 #[test]
 fn every_user_has_one_row_consistent_with_independent_features() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let csv = generate(dir.path(), 60_000, 11)?;
+    let csv = generate_csv(dir.path(), 60_000, 11, &[])?;
     let out = dir.path().join("out");
     // Small epochs and a low first-fit threshold: many refits and re-assignments.
-    run(&csv, &out, 2, 2000, &["--set", "job.clusters.min_users=50"])?;
+    run_on_csv(
+        &csv,
+        &out,
+        "2",
+        "2000",
+        &["--set", "job.clusters.min_users=50"],
+    )?;
     check_consistency(&csv, &out, 5)
 }
 
 #[test]
 fn final_clusters_do_not_depend_on_workers_or_epochs() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let csv = generate(dir.path(), 40_000, 23)?;
+    let csv = generate_csv(dir.path(), 40_000, 23, &[])?;
     let runs = [(1usize, 997u64), (3, 5000), (2, 100_000)];
     let mut outputs = Vec::new();
     for (workers, epoch_records) in runs {
         let out = dir.path().join(format!("out-{workers}-{epoch_records}"));
-        run(
+        run_on_csv(
             &csv,
             &out,
-            workers,
-            epoch_records,
+            &workers.to_string(),
+            &epoch_records.to_string(),
             &["--set", "job.clusters.k=4", "--set", "job.clusters.seed=7"],
         )?;
         let tables = (
@@ -234,9 +197,9 @@ fn ensure_sklearn() -> Result<()> {
 fn sse_is_within_5_percent_of_scikit_learn() -> Result<()> {
     ensure_sklearn()?;
     let dir = tempfile::tempdir()?;
-    let csv = generate(dir.path(), 100_000, 5)?;
+    let csv = generate_csv(dir.path(), 100_000, 5, &[])?;
     let out = dir.path().join("out");
-    run(&csv, &out, 2, 20_000, &[])?;
+    run_on_csv(&csv, &out, "2", "20000", &[])?;
     let (events, _bad) = read_csv_batch(&csv)?;
     let features = standardized_features(&batch_cluster_traits(&events));
     let features_csv = dir.path().join("features.csv");

@@ -3,11 +3,11 @@
 //! against an independent batch computation of the output contract.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 
 use anyhow::{ensure, Context, Result};
 use cap_tests::{
-    batch_daily_visitors, batch_funnel, fold_changelog, read_csv_batch, read_jsonl, run_job,
+    append_lines, batch_daily_visitors, batch_funnel, ensure_changelog_folds_to_snapshot_in_order,
+    folded_and_snapshot, generate_csv, read_csv_batch, read_jsonl, run_on_csv,
 };
 
 /// Malformed rows of several kinds, appended to the generated file.
@@ -21,26 +21,10 @@ const BAD_ROWS: [&str; 7] = [
     "2019-11-01 00:00:00 UTC,purchase,1,2,,,1.00,-3,s,,,,", // negative user id
 ];
 
+/// The generated events (seed 11) with the malformed rows appended.
 fn generate(dir: &std::path::Path, events: u64) -> Result<std::path::PathBuf> {
-    let csv = dir.join("events.csv");
-    run_job(&[
-        "generate",
-        "-o",
-        csv.to_str().context("path")?,
-        "--events",
-        &events.to_string(),
-        "--seed",
-        "11",
-        "--out-of-order",
-        "0.05",
-        "--duplicates",
-        "0.01",
-        "--no-progress",
-    ])?;
-    let mut f = std::fs::OpenOptions::new().append(true).open(&csv)?;
-    for row in BAD_ROWS {
-        writeln!(f, "{row}")?;
-    }
+    let csv = generate_csv(dir, events, 11, &[])?;
+    append_lines(&csv, &BAD_ROWS)?;
     Ok(csv)
 }
 
@@ -128,14 +112,7 @@ fn check_outputs(csv: &std::path::Path, out: &std::path::Path) -> Result<()> {
 
     // Each changelog folds to its snapshot.
     for table in ["daily_visitors", "session_funnel_daily", "dead_letters"] {
-        let folded: Vec<_> = fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
-            .into_values()
-            .collect();
-        let snapshot = read_jsonl(&out.join(format!("{table}.jsonl")))?;
-        ensure!(
-            folded == snapshot,
-            "{table}: the changelog does not fold to the snapshot"
-        );
+        ensure_changelog_folds_to_snapshot_in_order(out, table)?;
     }
     Ok(())
 }
@@ -146,18 +123,7 @@ fn streaming_equals_batch_on_a_generated_csv_with_two_workers() -> Result<()> {
     let csv = generate(dir.path(), 150_000)?;
     let out = dir.path().join("out");
     // Small epochs so that many incremental updates (and retractions) happen.
-    run_job(&[
-        "run",
-        "--input",
-        csv.to_str().context("path")?,
-        "--output",
-        out.to_str().context("path")?,
-        "--workers",
-        "2",
-        "--epoch-records",
-        "4000",
-        "--no-console",
-    ])?;
+    run_on_csv(&csv, &out, "2", "4000", &[])?;
     check_outputs(&csv, &out)
 }
 
@@ -166,18 +132,7 @@ fn streaming_equals_batch_with_one_worker_and_one_epoch_per_record_batch() -> Re
     let dir = tempfile::tempdir()?;
     let csv = generate(dir.path(), 40_000)?;
     let out = dir.path().join("out");
-    run_job(&[
-        "run",
-        "-i",
-        csv.to_str().context("path")?,
-        "-o",
-        out.to_str().context("path")?,
-        "-w",
-        "1",
-        "--epoch-records",
-        "997",
-        "--no-console",
-    ])?;
+    run_on_csv(&csv, &out, "1", "997", &[])?;
     check_outputs(&csv, &out)
 }
 
@@ -289,10 +244,7 @@ fn sigint_completes_the_open_epoch_and_flushes_every_output() -> Result<()> {
         "the run should report it was stopped"
     );
     for table in ["daily_visitors", "session_funnel_daily"] {
-        let folded: Vec<_> = fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
-            .into_values()
-            .collect();
-        let snapshot = read_jsonl(&out.join(format!("{table}.jsonl")))?;
+        let (folded, snapshot) = folded_and_snapshot(&out, table)?;
         ensure!(!snapshot.is_empty(), "{table}: empty snapshot after stop");
         ensure!(
             folded == snapshot,

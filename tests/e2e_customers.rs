@@ -9,50 +9,23 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use cap_tests::batch_customers::{batch_customer_traits, batch_default_segments, BatchTraits};
-use cap_tests::{fold_changelog, read_csv_batch, read_jsonl, run_job};
+use cap_tests::{
+    ensure_changelog_folds_to_snapshot, field_text, field_u64, generate_csv, read_csv_batch,
+    read_jsonl, run_on_csv,
+};
 use serde_json::Value;
 
+/// The generated events (seed 5) of `users` users. ~2 000 events per simulated day: the
+/// data spans about two months, so "days since" rules see users from the watermark's day to
+/// eight weeks before it.
 fn generate(dir: &Path, events: u64, users: u64) -> Result<std::path::PathBuf> {
-    let csv = dir.join("events.csv");
-    run_job(&[
-        "generate",
-        "-o",
-        csv.to_str().context("path")?,
-        "--events",
-        &events.to_string(),
-        "--users",
-        &users.to_string(),
-        "--seed",
-        "5",
-        "--out-of-order",
-        "0.05",
-        "--duplicates",
-        "0.01",
-        // ~2 000 events per simulated day: the data spans about two months, so "days
-        // since" rules see users from the watermark's day to eight weeks before it.
-        "--set",
-        "events_per_day=2000",
-        "--no-progress",
-    ])?;
-    Ok(csv)
-}
-
-fn run(csv: &Path, out: &Path, workers: &str, epoch_records: &str, extra: &[&str]) -> Result<()> {
-    let mut args = vec![
-        "run",
-        "--input",
-        csv.to_str().context("path")?,
-        "--output",
-        out.to_str().context("path")?,
-        "--workers",
-        workers,
-        "--epoch-records",
-        epoch_records,
-        "--no-console",
-    ];
-    args.extend_from_slice(extra);
-    run_job(&args)?;
-    Ok(())
+    let users = users.to_string();
+    generate_csv(
+        dir,
+        events,
+        5,
+        &["--users", &users, "--set", "events_per_day=2000"],
+    )
 }
 
 fn cents(v: &Value) -> Result<i64> {
@@ -63,13 +36,8 @@ fn cents(v: &Value) -> Result<i64> {
 fn read_traits(out: &Path) -> Result<BTreeMap<u64, BatchTraits>> {
     let mut actual = BTreeMap::new();
     for row in read_jsonl(&out.join("customer_traits.jsonl"))? {
-        let u = |k: &str| row[k].as_u64().with_context(|| format!("{k} in {row}"));
-        let s = |k: &str| {
-            row[k]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("{k} in {row}"))
-        };
+        let u = |k: &str| field_u64(&row, k);
+        let s = |k: &str| field_text(&row, k);
         actual.insert(
             u("user_id")?,
             BatchTraits {
@@ -168,21 +136,7 @@ fn check(csv: &Path, out: &Path) -> Result<()> {
     for table in ["customer_traits", "segments"] {
         // Compared as sorted sets: the folded map orders keys by their JSON text, whose
         // fields serde_json sorts by name (`segment` before `user_id`).
-        let mut folded: Vec<String> =
-            fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
-                .into_values()
-                .map(|v| v.to_string())
-                .collect();
-        let mut snapshot: Vec<String> = read_jsonl(&out.join(format!("{table}.jsonl")))?
-            .into_iter()
-            .map(|v| v.to_string())
-            .collect();
-        folded.sort();
-        snapshot.sort();
-        ensure!(
-            folded == snapshot,
-            "{table}: the changelog does not fold to the snapshot"
-        );
+        ensure_changelog_folds_to_snapshot(out, table)?;
     }
     Ok(())
 }
@@ -192,7 +146,7 @@ fn traits_and_segments_equal_batch_with_two_workers_and_small_epochs() -> Result
     let dir = tempfile::tempdir()?;
     let csv = generate(dir.path(), 120_000, 3_000)?;
     let out = dir.path().join("out");
-    run(&csv, &out, "2", "3000", &[])?;
+    run_on_csv(&csv, &out, "2", "3000", &[])?;
     check(&csv, &out)
 }
 
@@ -201,7 +155,7 @@ fn traits_and_segments_equal_batch_with_one_worker() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let csv = generate(dir.path(), 50_000, 1_500)?;
     let out = dir.path().join("out");
-    run(&csv, &out, "1", "997", &[])?;
+    run_on_csv(&csv, &out, "1", "997", &[])?;
     check(&csv, &out)
 }
 
@@ -210,7 +164,7 @@ fn configured_rules_apply_and_an_invalid_rule_fails_at_start_naming_it() -> Resu
     let dir = tempfile::tempdir()?;
     let csv = generate(dir.path(), 20_000, 800)?;
     let out = dir.path().join("out");
-    run(
+    run_on_csv(
         &csv,
         &out,
         "2",

@@ -6,98 +6,29 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use cap_tests::batch_recommendations::{batch_recommendations, batch_similar_items};
-use cap_tests::{fold_changelog, read_csv_batch, read_jsonl, run_job, BatchEvent};
-use serde_json::Value;
+use cap_tests::{
+    ensure_changelog_folds_to_snapshot, ensure_same_rows, field_f64, field_u64, generate_csv,
+    read_csv_batch, read_jsonl, run_on_csv, BatchEvent,
+};
 
 /// A dense catalogue (few users and products) so that many pairs are co-viewed by two or
 /// more users and lists have ties and fills; the generator's bots exceed the cap.
 fn generate(dir: &Path, events: u64) -> Result<PathBuf> {
-    let csv = dir.join("events.csv");
-    run_job(&[
-        "generate",
-        "-o",
-        csv.to_str().context("path")?,
-        "--events",
-        &events.to_string(),
-        "--seed",
-        "23",
-        "--users",
-        "4000",
-        "--set",
-        "products=3000",
-        "--set",
-        "categories=60",
-        "--out-of-order",
-        "0.05",
-        "--duplicates",
-        "0.01",
-        "--no-progress",
-    ])?;
-    Ok(csv)
-}
-
-fn run(csv: &Path, out: &Path, workers: &str, epoch_records: &str, refresh: u64) -> Result<()> {
-    run_job(&[
-        "run",
-        "--input",
-        csv.to_str().context("path")?,
-        "--output",
-        out.to_str().context("path")?,
-        "--workers",
-        workers,
-        "--epoch-records",
-        epoch_records,
-        "--no-console",
-        "--set",
-        &format!("job.recommendations.refresh_epochs={refresh}"),
-    ])?;
-    Ok(())
-}
-
-fn field_u64(row: &Value, name: &str) -> Result<u64> {
-    row[name]
-        .as_u64()
-        .with_context(|| format!("{name} in {row}"))
-}
-
-fn field_f64(row: &Value, name: &str) -> Result<f64> {
-    row[name]
-        .as_f64()
-        .with_context(|| format!("{name} in {row}"))
-}
-
-/// Compares two keyed tables, naming the first few differing keys.
-fn ensure_same<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
-    table: &str,
-    actual: &BTreeMap<K, V>,
-    expected: &BTreeMap<K, V>,
-) -> Result<()> {
-    let mut diffs = Vec::new();
-    for (k, v) in expected {
-        if actual.get(k) != Some(v) {
-            diffs.push(format!("{k:?}: stream {:?}, batch {v:?}", actual.get(k)));
-        }
-    }
-    for (k, v) in actual {
-        if !expected.contains_key(k) {
-            diffs.push(format!("{k:?}: stream {v:?}, batch absent"));
-        }
-    }
-    ensure!(
-        diffs.is_empty(),
-        "{table} differs from the batch computation in {} keys (of {} expected), e.g.:\n{}",
-        diffs.len(),
-        expected.len(),
-        diffs
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    Ok(())
+    generate_csv(
+        dir,
+        events,
+        23,
+        &[
+            "--users",
+            "4000",
+            "--set",
+            "products=3000",
+            "--set",
+            "categories=60",
+        ],
+    )
 }
 
 fn check_outputs(events: &[BatchEvent], out: &Path) -> Result<()> {
@@ -118,7 +49,7 @@ fn check_outputs(events: &[BatchEvent], out: &Path) -> Result<()> {
             ),
         );
     }
-    ensure_same("similar_items", &actual, &expected)?;
+    ensure_same_rows("similar_items", &actual, &expected)?;
 
     let expected = batch_recommendations(events);
     let fill = expected.values().filter(|(_, s)| *s == 0.0).count();
@@ -134,25 +65,11 @@ fn check_outputs(events: &[BatchEvent], out: &Path) -> Result<()> {
             (field_u64(&row, "product_id")?, field_f64(&row, "score")?),
         );
     }
-    ensure_same("recommendations", &actual, &expected)?;
+    ensure_same_rows("recommendations", &actual, &expected)?;
 
     // The fold is keyed by the key's JSON text, the snapshot sorted by key: compare as sets.
     for table in ["similar_items", "recommendations"] {
-        let mut folded: Vec<String> =
-            fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
-                .into_values()
-                .map(|v| v.to_string())
-                .collect();
-        let mut snapshot: Vec<String> = read_jsonl(&out.join(format!("{table}.jsonl")))?
-            .iter()
-            .map(Value::to_string)
-            .collect();
-        folded.sort();
-        snapshot.sort();
-        ensure!(
-            folded == snapshot,
-            "{table}: the changelog does not fold to the snapshot"
-        );
+        ensure_changelog_folds_to_snapshot(out, table)?;
     }
     Ok(())
 }
@@ -185,7 +102,13 @@ fn streaming_equals_batch_refreshing_every_epoch_on_two_workers() -> Result<()> 
     );
     let out = dir.path().join("out");
     // Small epochs: many incremental updates and retractions.
-    run(&csv, &out, "2", "3000", 1)?;
+    run_on_csv(
+        &csv,
+        &out,
+        "2",
+        "3000",
+        &["--set", "job.recommendations.refresh_epochs=1"],
+    )?;
     check_outputs(&events, &out)?;
     let epochs = changed_epochs(&out.join("recommendations.changelog.jsonl"))?;
     ensure!(
@@ -201,7 +124,13 @@ fn refreshing_every_3_epochs_is_exact_at_the_end_of_input() -> Result<()> {
     let csv = generate(dir.path(), 40_000)?;
     let (events, _) = read_csv_batch(&csv)?;
     let out = dir.path().join("out");
-    run(&csv, &out, "1", "2500", 3)?;
+    run_on_csv(
+        &csv,
+        &out,
+        "1",
+        "2500",
+        &["--set", "job.recommendations.refresh_epochs=3"],
+    )?;
     check_outputs(&events, &out)?;
     // Recommendations change only at the end of a block of 3 epochs (or at the final
     // flush, also a block end); similar_items changes every epoch.

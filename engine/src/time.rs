@@ -118,6 +118,63 @@ pub fn format_rfc3339(ms: i64) -> String {
     }
 }
 
+/// An instant (UTC milliseconds): RFC 3339 text in human-readable formats (JSON output:
+/// `2019-11-01T13:05:09Z`, `.mmm` only when milliseconds are non-zero), the milliseconds
+/// in binary ones (bincode, between workers). Orders chronologically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UtcTime(pub i64);
+
+impl serde::Serialize for UtcTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&format_rfc3339(self.0))
+        } else {
+            s.serialize_i64(self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UtcTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UtcTime, D::Error> {
+        if d.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            parse_rfc3339(&text).map(UtcTime).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a UTC time like 2019-11-01T13:00:00Z"
+                ))
+            })
+        } else {
+            i64::deserialize(d).map(UtcTime)
+        }
+    }
+}
+
+/// Parses what [`format_rfc3339`] prints: `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let s = b.get(r)?;
+        if !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    let ms = match b.len() {
+        20 if b[19] == b'Z' => 0,
+        24 if b[19] == b'.' && b[23] == b'Z' => num(20..23)?,
+        _ => return None,
+    };
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)? as i32, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || d == 0 || d > 31 || h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    Some(ms_from_civil(y, mo, d, h, mi, s, ms))
+}
+
 /// A UTC day: `YYYY-MM-DD` in human-readable formats (JSON output), the day number in
 /// binary formats (bincode, between workers). Orders chronologically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -172,6 +229,18 @@ impl std::fmt::Display for UtcDay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_parses_what_it_prints() -> Result<(), serde_json::Error> {
+        for ms in [0, 1_572_600_123_000, 1_572_600_123_456] {
+            assert_eq!(parse_rfc3339(&format_rfc3339(ms)), Some(ms));
+            let json = serde_json::to_string(&UtcTime(ms))?;
+            assert_eq!(serde_json::from_str::<UtcTime>(&json)?, UtcTime(ms));
+        }
+        assert_eq!(parse_rfc3339("2019-11-01 13:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2019-11-01T24:00:00Z"), None);
+        Ok(())
+    }
 
     #[test]
     fn civil_round_trip_over_two_centuries() {

@@ -9,13 +9,15 @@ pub mod batch_alerts;
 pub mod batch_recommendations;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod batch_customers;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use chrono::{Datelike, NaiveDateTime};
 use serde_json::Value;
 
@@ -123,6 +125,160 @@ pub fn fold_changelog(path: &Path) -> Result<BTreeMap<String, Value>> {
         }
     }
     Ok(current)
+}
+
+/// Writes `events.csv` in `dir` with the job's `generate` command: `events` events from
+/// `seed`, 5% of them delivered out of order and 1% written twice (the noise every
+/// end-to-end test runs with), no progress bar, and the test's own generator flags `extra`
+/// (e.g. `["--users", "4000", "--set", "products=3000"]`).
+pub fn generate_csv(dir: &Path, events: u64, seed: u64, extra: &[&str]) -> Result<PathBuf> {
+    let csv = dir.join("events.csv");
+    let (events, seed) = (events.to_string(), seed.to_string());
+    let mut args = vec![
+        "generate",
+        "-o",
+        csv.to_str().context("path")?,
+        "--events",
+        &events,
+        "--seed",
+        &seed,
+        "--out-of-order",
+        "0.05",
+        "--duplicates",
+        "0.01",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    run_job(&args)?;
+    Ok(csv)
+}
+
+/// Appends `rows`, one a line, to the file at `path` (hand-written rows after generated ones).
+pub fn append_lines(path: &Path, rows: &[&str]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    for row in rows {
+        writeln!(f, "{row}")?;
+    }
+    Ok(())
+}
+
+/// Runs the job over the file `csv` into the directory `out` with `workers` workers and an
+/// epoch every `epoch_records` records, without the live console; `extra` are further `run`
+/// arguments, as given (e.g. `["--set", "job.clusters.k=4"]`).
+pub fn run_on_csv(
+    csv: &Path,
+    out: &Path,
+    workers: &str,
+    epoch_records: &str,
+    extra: &[&str],
+) -> Result<()> {
+    let mut args = vec![
+        "run",
+        "--input",
+        csv.to_str().context("path")?,
+        "--output",
+        out.to_str().context("path")?,
+        "--workers",
+        workers,
+        "--epoch-records",
+        epoch_records,
+        "--no-console",
+    ];
+    args.extend_from_slice(extra);
+    run_job(&args)?;
+    Ok(())
+}
+
+/// The rows `<table>.changelog.jsonl` in `out` folds to, in the fold's order (keys by their
+/// JSON text), and the rows of the snapshot `<table>.jsonl`, in file order.
+pub fn folded_and_snapshot(out: &Path, table: &str) -> Result<(Vec<Value>, Vec<Value>)> {
+    let folded = fold_changelog(&out.join(format!("{table}.changelog.jsonl")))?
+        .into_values()
+        .collect();
+    let snapshot = read_jsonl(&out.join(format!("{table}.jsonl")))?;
+    Ok((folded, snapshot))
+}
+
+/// Fails unless `table`'s changelog in `out` folds to exactly the rows of its snapshot,
+/// compared as sorted row texts: the fold orders keys by their re-serialized JSON (fields
+/// sorted by name), the snapshot by the typed key, and these orders may differ.
+pub fn ensure_changelog_folds_to_snapshot(out: &Path, table: &str) -> Result<()> {
+    let (folded, snapshot) = folded_and_snapshot(out, table)?;
+    let sorted_texts = |rows: Vec<Value>| {
+        let mut texts: Vec<String> = rows.iter().map(Value::to_string).collect();
+        texts.sort();
+        texts
+    };
+    ensure!(
+        sorted_texts(folded) == sorted_texts(snapshot),
+        "{table}: the changelog does not fold to the snapshot"
+    );
+    Ok(())
+}
+
+/// Fails unless `table`'s changelog in `out` folds to exactly the rows of its snapshot, in
+/// the same order: for tables whose typed key order is the order of the keys' JSON texts.
+pub fn ensure_changelog_folds_to_snapshot_in_order(out: &Path, table: &str) -> Result<()> {
+    let (folded, snapshot) = folded_and_snapshot(out, table)?;
+    ensure!(
+        folded == snapshot,
+        "{table}: the changelog does not fold to the snapshot"
+    );
+    Ok(())
+}
+
+/// Fails unless the stream's rows `actual` of `table` equal the batch's `expected`, key for
+/// key, naming how many keys differ and the first few of them.
+pub fn ensure_same_rows<K: Ord + Debug, V: PartialEq + Debug>(
+    table: &str,
+    actual: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+) -> Result<()> {
+    let mut diffs = Vec::new();
+    for (k, v) in expected {
+        if actual.get(k) != Some(v) {
+            diffs.push(format!("{k:?}: stream {:?}, batch {v:?}", actual.get(k)));
+        }
+    }
+    for (k, v) in actual {
+        if !expected.contains_key(k) {
+            diffs.push(format!("{k:?}: stream {v:?}, batch absent"));
+        }
+    }
+    ensure!(
+        diffs.is_empty(),
+        "{table} differs from the batch computation in {} keys (of {} expected), e.g.:\n{}",
+        diffs.len(),
+        expected.len(),
+        diffs[..diffs.len().min(10)].join("\n")
+    );
+    Ok(())
+}
+
+/// The text field `field` of the row `v`, failing with the row when it is absent or not text.
+pub fn field_text(v: &Value, field: &str) -> Result<String> {
+    Ok(v[field]
+        .as_str()
+        .with_context(|| format!("{field} in {v}"))?
+        .to_owned())
+}
+
+/// The integer field `field` of the row `v`, failing with the row when absent or not an i64.
+pub fn field_i64(v: &Value, field: &str) -> Result<i64> {
+    v[field].as_i64().with_context(|| format!("{field} in {v}"))
+}
+
+/// The integer field `field` of the row `v`, failing with the row when absent or not a u64.
+pub fn field_u64(v: &Value, field: &str) -> Result<u64> {
+    v[field].as_u64().with_context(|| format!("{field} in {v}"))
+}
+
+/// The number field `field` of the row `v`, failing with the row when absent or not a number.
+pub fn field_f64(v: &Value, field: &str) -> Result<f64> {
+    v[field].as_f64().with_context(|| format!("{field} in {v}"))
 }
 
 /// One event as the batch side reads it.

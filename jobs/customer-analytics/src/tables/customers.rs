@@ -30,7 +30,7 @@ use cap_connectors::clickstream::{Event, EventType, SessionId};
 use cap_engine::config::ConfigError;
 use cap_engine::job::BuildError;
 use cap_engine::sink::TableRow;
-use cap_engine::time::{day_of, format_rfc3339};
+use cap_engine::time::{day_of, UtcTime};
 use cap_engine::values::Money;
 use cap_operators::local::pre_aggregate;
 use cap_operators::predicate::{Schema, TraitKind, TraitValues};
@@ -41,38 +41,7 @@ use cap_operators::traits::{
 use compact_str::CompactString;
 use differential_dataflow::difference::{IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::VecCollection;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// An event-time instant: RFC 3339 UTC text in human-readable formats
-/// (`2019-11-01T13:05:09Z`, `.mmm` only when milliseconds are non-zero), UTC milliseconds
-/// in binary formats (bincode between workers).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UtcTime(pub i64);
-
-impl Serialize for UtcTime {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.serialize_str(&format_rfc3339(self.0))
-        } else {
-            s.serialize_i64(self.0)
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for UtcTime {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<UtcTime, D::Error> {
-        if d.is_human_readable() {
-            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-            cap_connectors::clickstream::timestamp::parse_event_time(text.as_bytes())
-                .map(UtcTime)
-                .ok_or_else(|| {
-                    serde::de::Error::custom(format!("`{text}` is not an RFC 3339 UTC time"))
-                })
-        } else {
-            i64::deserialize(d).map(UtcTime)
-        }
-    }
-}
+use serde::{Deserialize, Serialize};
 
 /// `customer_traits`: one row per user with any event.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
