@@ -1,15 +1,8 @@
 //! Two processes of one worker each, over loopback with timely's own communication, give
 //! the same outputs as one process with one worker, for every table of the job.
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-
 use anyhow::{ensure, Context, Result};
-use cap_tests::{job_binary, read_jsonl, run_job};
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use cap_tests::{read_jsonl, run_job, run_two_processes};
 
 #[test]
 fn two_processes_equal_one_process() -> Result<()> {
@@ -29,42 +22,10 @@ fn two_processes_equal_one_process() -> Result<()> {
     args.extend_from_slice(&common);
     run_job(&args)?;
 
-    let hostfile = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port()?, free_port()?),
-    )?;
     let multi = dir.path().join("multi");
-    let bin = job_binary()?;
-    let mut children = Vec::new();
-    for p in ["0", "1"] {
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "run",
-            "-w",
-            "1",
-            "-n",
-            "2",
-            "-p",
-            p,
-            "--hostfile",
-            hostfile.to_str().context("path")?,
-            "-o",
-            multi.to_str().context("path")?,
-        ]);
-        cmd.args(common)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        children.push(cmd.spawn()?);
-    }
-    for child in children {
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "a process failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let mut args = vec!["-o", multi.to_str().context("path")?];
+    args.extend_from_slice(&common);
+    run_two_processes(dir.path(), &args)?;
 
     // Every table, k-means included: its final model is a function of the input alone.
     for table in customer_analytics::TABLES {

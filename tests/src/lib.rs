@@ -127,6 +127,45 @@ pub fn fold_changelog(path: &Path) -> Result<BTreeMap<String, Value>> {
     Ok(current)
 }
 
+/// Runs the job as a cluster of two processes of one worker each over loopback (a
+/// hostfile with two free ports in `dir`), each with `run -w 1 -n 2 -p I --hostfile F`
+/// followed by `args`, and waits for both; fails with the stderr of a process that fails.
+pub fn run_two_processes(dir: &Path, args: &[&str]) -> Result<()> {
+    let port = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let hostfile = dir.join("hosts.txt");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", port()?, port()?),
+    )?;
+    let bin = job_binary()?;
+    let mut children = Vec::new();
+    for p in ["0", "1"] {
+        let child = Command::new(&bin)
+            .args(["run", "-w", "1", "-n", "2", "-p", p, "--hostfile"])
+            .arg(&hostfile)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting process {p} of {}", bin.display()))?;
+        children.push(child);
+    }
+    for child in children {
+        let done = child.wait_with_output()?;
+        ensure!(
+            done.status.success(),
+            "a process failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Writes `events.csv` in `dir` with the job's `generate` command: `events` events from
 /// `seed`, 5% of them delivered out of order and 1% written twice (the noise every
 /// end-to-end test runs with), no progress bar, and the test's own generator flags `extra`
