@@ -4,11 +4,11 @@
 //!
 //! ```text
 //! cargo bench -p cap-benches --bench similarity -- [--events N] [--workers 1,2]
-//!     [--epoch-records N] [--refresh-epochs R] [--min-item-users M]
+//!     [--epoch-records N] [--refresh-epochs R] [--similar-only]
 //! ```
 //! Events are generated up front (not timed); each worker then feeds its share, one epoch of
 //! `--epoch-records` per worker at a time, waiting for the outputs to complete the epoch.
-//! Prints records/s, epoch latency, the pairs kept and their estimated bytes
+//! Prints records/s, epoch latency, the pairs kept and the bytes of the pair state
 //! ([`PairStats`]), and the process's resident memory growth over the run.
 
 use std::sync::{Arc, Mutex};
@@ -39,9 +39,6 @@ struct Args {
     /// `job.recommendations.refresh_epochs`.
     #[arg(long, default_value_t = 1)]
     refresh_epochs: u64,
-    /// `job.recommendations.min_item_users` (the pair memory budget; 2 is exact).
-    #[arg(long, default_value_t = 2)]
-    min_item_users: u64,
     /// Leave recommendations out (similar_items alone), to see what each part costs.
     #[arg(long)]
     similar_only: bool,
@@ -75,7 +72,6 @@ struct Outcome {
 fn run(events: Arc<Vec<Event>>, workers: usize, args: &Args) -> anyhow::Result<Outcome> {
     let settings = RecommendationSettings {
         refresh_epochs: args.refresh_epochs,
-        min_item_users: args.min_item_users,
         ..RecommendationSettings::default()
     };
     let stats: Arc<Mutex<PairStats>> = Arc::default();
@@ -101,7 +97,6 @@ fn run(events: Arc<Vec<Event>>, workers: usize, args: &Args) -> anyhow::Result<O
                 let config = SimilarityConfig {
                     max_user_items: settings.max_user_items,
                     top_k: TOP_K,
-                    min_item_users: settings.min_item_users,
                 };
                 let touches = pre_aggregate(events.map(|e| (e.user_id, e.product_id)), "touches");
                 similar_items(touches, &config, report).map(|_| ())
@@ -176,14 +171,13 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or(0.0)
         };
         println!(
-            "{} w={workers} refresh={} min_item_users={}  {} events {:.2}s {:>9.0} records/s  epochs {}  epoch p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            "{} w={workers} refresh={}  {} events {:.2}s {:>9.0} records/s  epochs {}  epoch p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
             if args.similar_only {
                 "similarity"
             } else {
                 "similarity+recommendations"
             },
             args.refresh_epochs,
-            args.min_item_users,
             events.len(),
             o.elapsed.as_secs_f64(),
             events.len() as f64 / o.elapsed.as_secs_f64(),
@@ -193,10 +187,10 @@ fn main() -> anyhow::Result<()> {
             q(1.0),
         );
         println!(
-            "  co-occurrence state: {} pairs kept ({} with co >= 2), estimated {:.1} MiB; process RSS grew {:.1} MiB",
-            o.stats.pairs(),
+            "  co-occurrence state: {} pairs kept ({} with co >= 2), {:.1} MiB; process RSS grew {:.1} MiB",
+            o.stats.pairs,
             o.stats.candidates,
-            o.stats.estimated_bytes(std::mem::size_of::<u64>()) as f64 / (1 << 20) as f64,
+            o.stats.bytes as f64 / (1 << 20) as f64,
             o.rss_growth as f64 / (1 << 20) as f64,
         );
     }

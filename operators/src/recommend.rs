@@ -348,7 +348,6 @@ mod tests {
         let sim_config = SimilarityConfig {
             max_user_items: MAX_ITEMS,
             top_k: 3,
-            min_item_users: 2,
         };
         let similar = similar_items(c.clone().map(|(u, i, _)| (u, i)), &sim_config, |_| {});
         let top_category =

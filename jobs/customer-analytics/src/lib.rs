@@ -212,8 +212,12 @@ impl Job for CustomerAnalytics {
         }
 
         if any(df, &["similar_items", "recommendations"]) {
-            let pair_stats =
-                tables::recommendations::pair_metrics(df.registry(), df.worker_index());
+            let budget = settings.recommendations.pair_budget_mib << 20;
+            let pair_stats = tables::recommendations::pair_metrics(
+                df.registry(),
+                df.worker_index(),
+                budget / df.workers().max(1) as u64,
+            );
             let top_categories = match &traits {
                 Some(traits) => traits.clone().map(|r| (r.user_id, r.top_category)),
                 None => tables::recommendations::top_category(&events),

@@ -22,7 +22,7 @@
 //!   `cap_operators::recommend`).
 //!
 //! Settings (`[job.recommendations]`): `max_user_items` (500), `refresh_epochs` (1),
-//! `min_item_users` (2, the co-occurrence memory budget; exact at 2).
+//! `pair_budget_mib` (4096, the co-occurrence state's memory budget: watched, never cut).
 
 use cap_connectors::clickstream::{Event, EventType};
 use cap_engine::config::ConfigError;
@@ -51,9 +51,10 @@ pub struct RecommendationSettings {
     /// Recommendations are recomputed every this many epochs, and exactly at the end of
     /// input (default 1: every epoch).
     pub refresh_epochs: u64,
-    /// Co-occurrence memory budget: products with fewer distinct users take no part in
-    /// pair generation. 2 (default) is exact; larger values drop pairs and are not.
-    pub min_item_users: u64,
+    /// Memory budget of the co-occurrence state in MiB, over all workers (default 4096;
+    /// 0: none). Crossing it logs a warning per worker (each holds a `1/workers` share);
+    /// results stay exact, since dropping pairs would make them wrong.
+    pub pair_budget_mib: u64,
 }
 
 impl Default for RecommendationSettings {
@@ -61,7 +62,7 @@ impl Default for RecommendationSettings {
         RecommendationSettings {
             max_user_items: 500,
             refresh_epochs: 1,
-            min_item_users: 2,
+            pair_budget_mib: 4096,
         }
     }
 }
@@ -78,9 +79,6 @@ impl RecommendationSettings {
         }
         if self.refresh_epochs == 0 {
             return Err(invalid("refresh_epochs", "must be >= 1, got 0".into()));
-        }
-        if self.min_item_users == 0 {
-            return Err(invalid("min_item_users", "must be >= 1, got 0".into()));
         }
         Ok(())
     }
@@ -286,44 +284,65 @@ pub fn top_category<'s>(
 }
 
 /// Metrics of the co-occurrence state on one worker, as monotone counters (the registry has
-/// no gauges): `cap_similarity_pairs_{added,removed}_total` and
-/// `cap_similarity_pair_bytes_{added,removed}_total`. Pairs kept = added - removed summed
-/// over workers; likewise the estimated bytes ([`PairStats::estimated_bytes`]).
-pub fn pair_metrics(registry: &Registry, worker: usize) -> impl FnMut(PairStats) + 'static {
+/// no gauges): `cap_similarity_pairs_{added,removed}_total`,
+/// `cap_similarity_candidates_{added,removed}_total` and
+/// `cap_similarity_pair_bytes_{added,removed}_total`. Held = added - removed, summed over
+/// workers ([`PairStats`]). When the worker's bytes cross `budget_bytes` (its share of the
+/// budget; 0: none), a warning says so, once per crossing.
+pub fn pair_metrics(
+    registry: &Registry,
+    worker: usize,
+    budget_bytes: u64,
+) -> impl FnMut(PairStats) + 'static {
     let labels = || vec![("worker", worker.to_string())];
-    let pairs_added = registry.counter(
+    let pair = |added: &'static str, removed: &'static str, help: &'static str| {
+        (
+            registry.counter(added, help, labels()),
+            registry.counter(removed, help, labels()),
+        )
+    };
+    let pairs = pair(
         "cap_similarity_pairs_added_total",
-        "Co-occurring product pairs added to the similarity state (kept = added - removed)",
-        labels(),
-    );
-    let pairs_removed = registry.counter(
         "cap_similarity_pairs_removed_total",
-        "Co-occurring product pairs removed from the similarity state",
-        labels(),
+        "Co-occurring product pairs (held = added - removed)",
     );
-    let bytes_added = registry.counter(
+    let candidates = pair(
+        "cap_similarity_candidates_added_total",
+        "cap_similarity_candidates_removed_total",
+        "Product pairs with co >= 2, the ranked candidates (held = added - removed)",
+    );
+    let bytes = pair(
         "cap_similarity_pair_bytes_added_total",
-        "Estimated bytes added to the similarity pair state (held = added - removed)",
-        labels(),
-    );
-    let bytes_removed = registry.counter(
         "cap_similarity_pair_bytes_removed_total",
-        "Estimated bytes released from the similarity pair state",
-        labels(),
+        "Bytes of the similarity pair state (held = added - removed)",
     );
+    let mut held = 0i64;
+    let mut over = false;
     move |delta: PairStats| {
-        let pairs = delta.pairs();
-        let bytes = delta.estimated_bytes(std::mem::size_of::<u64>());
-        if pairs >= 0 {
-            pairs_added.add(pairs as u64);
-        } else {
-            pairs_removed.add(pairs.unsigned_abs());
+        for ((added, removed), d) in [
+            (&pairs, delta.pairs),
+            (&candidates, delta.candidates),
+            (&bytes, delta.bytes),
+        ] {
+            if d >= 0 {
+                added.add(d as u64);
+            } else {
+                removed.add(d.unsigned_abs());
+            }
         }
-        if bytes >= 0 {
-            bytes_added.add(bytes as u64);
-        } else {
-            bytes_removed.add(bytes.unsigned_abs());
+        held += delta.bytes;
+        let now_over = budget_bytes > 0 && held > budget_bytes as i64;
+        if now_over && !over {
+            tracing::warn!(
+                worker,
+                held_mib = held >> 20,
+                budget_share_mib = budget_bytes >> 20,
+                "similarity pair state is over its memory budget; results stay exact. \
+                 Lower job.recommendations.max_user_items, raise pair_budget_mib, or run \
+                 more workers"
+            );
         }
+        over = now_over;
     }
 }
 
@@ -341,7 +360,6 @@ pub fn similarity_tables<'s>(
     let sim_config = SimilarityConfig {
         max_user_items: settings.max_user_items,
         top_k: TOP_K,
-        min_item_users: settings.min_item_users,
     };
     let touches = pre_aggregate(
         events.clone().map(|e| (e.user_id, e.product_id)),
@@ -436,8 +454,8 @@ mod tests {
     fn settings_default_to_the_contract_and_reject_zero() {
         let s = RecommendationSettings::default();
         assert_eq!(
-            (s.max_user_items, s.refresh_epochs, s.min_item_users),
-            (500, 1, 2)
+            (s.max_user_items, s.refresh_epochs, s.pair_budget_mib),
+            (500, 1, 4096)
         );
         assert!(s.validate().is_ok());
         let bad = RecommendationSettings {
