@@ -315,6 +315,50 @@ fn kept_change<I: Clone + Ord + Hash>(
     }
 }
 
+/// Per user, their items and counts (sorted by item).
+struct UserItems<U, I> {
+    users: FastMap<U, Vec<(I, i64)>>,
+    max_user_items: usize,
+}
+
+impl<U: Clone + Ord + Hash, I: Clone + Ord + Hash> UserItems<U, I> {
+    /// Applies one complete time's updates; adds the `n` and pair deltas of the users'
+    /// kept sets to `n` and `pairs`.
+    #[inline(never)]
+    fn complete_time(
+        &mut self,
+        mut ups: Vec<((U, I), isize)>,
+        n: &mut FastMap<I, isize>,
+        pairs: &mut FastMap<(I, I), isize>,
+    ) {
+        ups.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        let mut k = 0;
+        while k < ups.len() {
+            let user = ups[k].0 .0.clone();
+            let items = self.users.entry(user.clone()).or_default();
+            let old = kept(items, self.max_user_items);
+            while k < ups.len() && ups[k].0 .0 == user {
+                let ((_, item), d) = &ups[k];
+                match items.binary_search_by(|(i, _)| i.cmp(item)) {
+                    Ok(p) => {
+                        items[p].1 += *d as i64;
+                        if items[p].1 == 0 {
+                            items.remove(p);
+                        }
+                    }
+                    Err(p) => items.insert(p, (item.clone(), *d as i64)),
+                }
+                k += 1;
+            }
+            let new = kept(items, self.max_user_items);
+            if items.is_empty() {
+                self.users.remove(&user);
+            }
+            kept_change(&old, &new, n, pairs);
+        }
+    }
+}
+
 /// Per user, their items; at each complete time the `n` and pair deltas of the change of
 /// their kept set, summed over the worker's users (see the module docs).
 fn user_pair_deltas<'s, T, U, I>(
@@ -326,7 +370,10 @@ where
     U: ExchangeData + Hash,
     I: ExchangeData + Hash,
 {
-    let mut users: FastMap<U, Vec<(I, i64)>> = fast_map();
+    let mut state = UserItems {
+        users: fast_map(),
+        max_user_items,
+    };
     let mut stash: Stash<T, ((U, I), isize)> = Stash::new();
     touches
         .inner
@@ -340,36 +387,10 @@ where
                             stash.push(&cap, &t, (ui, d));
                         }
                     });
-                    while let Some((t, cap, mut ups)) =
-                        stash.pop_complete(|t| frontier.less_equal(t))
+                    while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t))
                     {
-                        ups.sort_unstable_by(|x, y| x.0.cmp(&y.0));
-                        let mut n = fast_map();
-                        let mut pairs = fast_map();
-                        let mut k = 0;
-                        while k < ups.len() {
-                            let user = ups[k].0 .0.clone();
-                            let items = users.entry(user.clone()).or_default();
-                            let old = kept(items, max_user_items);
-                            while k < ups.len() && ups[k].0 .0 == user {
-                                let ((_, item), d) = &ups[k];
-                                match items.binary_search_by(|(i, _)| i.cmp(item)) {
-                                    Ok(p) => {
-                                        items[p].1 += *d as i64;
-                                        if items[p].1 == 0 {
-                                            items.remove(p);
-                                        }
-                                    }
-                                    Err(p) => items.insert(p, (item.clone(), *d as i64)),
-                                }
-                                k += 1;
-                            }
-                            let new = kept(items, max_user_items);
-                            if items.is_empty() {
-                                users.remove(&user);
-                            }
-                            kept_change(&old, &new, &mut n, &mut pairs);
-                        }
+                        let (mut n, mut pairs) = (fast_map(), fast_map());
+                        state.complete_time(ups, &mut n, &mut pairs);
                         let mut out = output.session(&cap);
                         for (item, d) in n {
                             if d != 0 {
@@ -388,6 +409,69 @@ where
         .as_collection()
 }
 
+/// `co` per pair `a < b`, with items interned to `u32` on this worker: a pair is one `u64`
+/// key and a `u32` count.
+struct PairCounts<I> {
+    ids: FastMap<I, u32>,
+    names: Vec<I>,
+    co: FastMap<u64, u32>,
+    bytes: i64,
+}
+
+impl<I: Clone + Eq + Hash> PairCounts<I> {
+    fn intern(&mut self, i: &I) -> u64 {
+        if let Some(id) = self.ids.get(i) {
+            return u64::from(*id);
+        }
+        let id = self.names.len() as u32;
+        self.names.push(i.clone());
+        self.ids.insert(i.clone(), id);
+        u64::from(id)
+    }
+
+    /// Applies one complete time's pair deltas; `emit` gets `(a, b, co)` in both directions
+    /// for each candidate change. Returns the change of the state.
+    #[inline(never)]
+    fn complete_time(
+        &mut self,
+        ups: Vec<((I, I), isize)>,
+        mut emit: impl FnMut((I, I, u32)),
+    ) -> PairStats {
+        let mut summed: FastMap<(I, I), isize> =
+            HashMap::with_capacity_and_hasher(ups.len(), FixedState::default());
+        for (p, d) in ups {
+            *summed.entry(p).or_insert(0) += d;
+        }
+        let mut delta = PairStats::default();
+        for ((a, b), d) in summed {
+            if d == 0 {
+                continue;
+            }
+            let key = (self.intern(&a) << 32) | self.intern(&b);
+            let old = self.co.get(&key).copied().unwrap_or(0);
+            let new = (i64::from(old) + d as i64).max(0) as u32;
+            if new == 0 {
+                self.co.remove(&key);
+            } else {
+                self.co.insert(key, new);
+            }
+            delta.pairs += i64::from(new > 0) - i64::from(old > 0);
+            delta.candidates += i64::from(new >= 2) - i64::from(old >= 2);
+            if old != new && (old >= 2 || new >= 2) {
+                let shown = if new >= 2 { new } else { 0 };
+                emit((b.clone(), a.clone(), shown));
+                emit((a, b, shown));
+            }
+        }
+        let now = (map_bytes(&self.co)
+            + map_bytes(&self.ids)
+            + self.names.capacity() * std::mem::size_of::<I>()) as i64;
+        delta.bytes = now - self.bytes;
+        self.bytes = now;
+        delta
+    }
+}
+
 /// `co` per pair `a < b`: emits `((a, b, co), t, 1)` and `((b, a, co), t, 1)` at each time
 /// a pair's `co` changes and was or is `>= 2`, with `co = 0` when it drops below 2.
 fn cooccurrence<'s, T, I>(
@@ -398,12 +482,13 @@ where
     T: Timestamp + Lattice + TotalOrder,
     I: ExchangeData + Hash,
 {
-    // Items interned to u32 on this worker: a pair is one u64 key and a u32 count.
-    let mut ids: FastMap<I, u32> = fast_map();
-    let mut names: Vec<I> = Vec::new();
-    let mut co: FastMap<u64, u32> = fast_map();
+    let mut state = PairCounts {
+        ids: fast_map(),
+        names: Vec::new(),
+        co: fast_map(),
+        bytes: 0,
+    };
     let mut stash: Stash<T, ((I, I), isize)> = Stash::new();
-    let mut bytes = 0i64;
     pair_deltas
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<((I, I, u32), T, isize)>>, _, _, _>(
@@ -418,47 +503,8 @@ where
                     });
                     while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t))
                     {
-                        let mut summed: FastMap<(I, I), isize> = fast_map();
-                        for (p, d) in ups {
-                            *summed.entry(p).or_insert(0) += d;
-                        }
-                        let mut delta = PairStats::default();
-                        let mut intern = |i: &I| -> u64 {
-                            if let Some(id) = ids.get(i) {
-                                return u64::from(*id);
-                            }
-                            let id = names.len() as u32;
-                            names.push(i.clone());
-                            ids.insert(i.clone(), id);
-                            u64::from(id)
-                        };
                         let mut out = output.session(&cap);
-                        for ((a, b), d) in summed {
-                            if d == 0 {
-                                continue;
-                            }
-                            let key = (intern(&a) << 32) | intern(&b);
-                            let old = co.get(&key).copied().unwrap_or(0);
-                            let new = (i64::from(old) + d as i64).max(0) as u32;
-                            if new == 0 {
-                                co.remove(&key);
-                            } else {
-                                co.insert(key, new);
-                            }
-                            delta.pairs += i64::from(new > 0) - i64::from(old > 0);
-                            delta.candidates += i64::from(new >= 2) - i64::from(old >= 2);
-                            if old != new && (old >= 2 || new >= 2) {
-                                let shown = if new >= 2 { new } else { 0 };
-                                out.give(((b.clone(), a.clone(), shown), t.clone(), 1));
-                                out.give(((a, b, shown), t.clone(), 1));
-                            }
-                        }
-                        let now = (map_bytes(&co)
-                            + map_bytes(&ids)
-                            + names.capacity() * std::mem::size_of::<I>())
-                            as i64;
-                        delta.bytes = now - bytes;
-                        bytes = now;
+                        let delta = state.complete_time(ups, |c| out.give((c, t.clone(), 1)));
                         (stats.borrow_mut())(delta);
                     }
                 }
@@ -473,6 +519,114 @@ struct ItemLists<I> {
     candidates: Vec<(I, u32)>,
     /// The rows last emitted, by rank.
     top: Vec<SimilarItem<I>>,
+}
+
+/// The similar-items lists of the items owned by this worker, with `n` of every item.
+struct TopLists<I> {
+    top_k: usize,
+    n: FastMap<I, u64>,
+    items: FastMap<I, ItemLists<I>>,
+    /// For each `b`, the items (on this worker) whose emitted list contains `b`.
+    listed_in: FastMap<I, Vec<I>>,
+    candidate_bytes: i64,
+}
+
+impl<I: Clone + Ord + Hash> TopLists<I> {
+    /// Applies one complete time's `n` deltas and candidate changes, re-ranks the lists
+    /// that can have changed and emits their differences. Returns the change of the
+    /// candidate lists' bytes.
+    #[inline(never)]
+    fn complete_time(
+        &mut self,
+        n_deltas: FastMap<I, isize>,
+        mut changes: Vec<(I, I, u32)>,
+        mut emit: impl FnMut((I, SimilarItem<I>), isize),
+    ) -> PairStats {
+        let mut dirty: FastSet<I> = HashSet::with_hasher(FixedState::default());
+        let mut decreased: FastSet<I> = HashSet::with_hasher(FixedState::default());
+        for (i, d) in n_deltas {
+            if d == 0 {
+                continue;
+            }
+            let old = self.n.get(&i).copied().unwrap_or(0);
+            let new = (old as i64 + d as i64).max(0) as u64;
+            if new == 0 {
+                self.n.remove(&i);
+            } else {
+                self.n.insert(i.clone(), new);
+            }
+            if let Some(holders) = self.listed_in.get(&i) {
+                dirty.extend(holders.iter().cloned());
+            }
+            if self.items.contains_key(&i) {
+                dirty.insert(i.clone());
+            }
+            if new < old {
+                decreased.insert(i);
+            }
+        }
+        if !decreased.is_empty() {
+            for (a, lists) in &self.items {
+                if lists.candidates.iter().any(|(b, _)| decreased.contains(b)) {
+                    dirty.insert(a.clone());
+                }
+            }
+        }
+        let bytes_before = self.candidate_bytes;
+        let entry_bytes = std::mem::size_of::<(I, u32)>() as i64;
+        // Grouped by item and sorted by candidate, so each list is walked once, in order.
+        changes.sort_unstable_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+        let mut k = 0;
+        while k < changes.len() {
+            let a = changes[k].0.clone();
+            let end = k + changes[k..].iter().take_while(|c| c.0 == a).count();
+            let lists = self.items.entry(a.clone()).or_insert_with(|| ItemLists {
+                candidates: Vec::new(),
+                top: Vec::new(),
+            });
+            let before = lists.candidates.capacity() as i64;
+            merge_candidates(&mut lists.candidates, &changes[k..end]);
+            self.candidate_bytes += (lists.candidates.capacity() as i64 - before) * entry_bytes;
+            dirty.insert(a);
+            k = end;
+        }
+        for a in dirty {
+            let Some(lists) = self.items.get_mut(&a) else {
+                continue;
+            };
+            let n_item = self.n.get(&a).copied().unwrap_or(0);
+            let new_top = rank(&lists.candidates, &self.n, n_item, self.top_k);
+            if new_top != lists.top {
+                for row in &lists.top {
+                    if !new_top.contains(row) {
+                        emit((a.clone(), row.clone()), -1);
+                    }
+                    if !new_top.iter().any(|r| r.item == row.item) {
+                        unlist(&mut self.listed_in, &row.item, &a);
+                    }
+                }
+                for row in &new_top {
+                    if !lists.top.contains(row) {
+                        emit((a.clone(), row.clone()), 1);
+                    }
+                    if !lists.top.iter().any(|r| r.item == row.item) {
+                        self.listed_in
+                            .entry(row.item.clone())
+                            .or_default()
+                            .push(a.clone());
+                    }
+                }
+                lists.top = new_top;
+            }
+            if lists.candidates.is_empty() {
+                self.items.remove(&a);
+            }
+        }
+        PairStats {
+            bytes: self.candidate_bytes - bytes_before,
+            ..PairStats::default()
+        }
+    }
 }
 
 /// Per item, the `top_k` candidates by exact cosine, as list differences.
@@ -490,13 +644,14 @@ where
         Candidate(I, I, u32),
         Users(I, isize),
     }
-    let mut n: FastMap<I, u64> = fast_map();
-    let mut items: FastMap<I, ItemLists<I>> = fast_map();
-    // For each b, the items (on this worker) whose emitted list contains b.
-    let mut listed_in: FastMap<I, Vec<I>> = fast_map();
+    let mut state = TopLists {
+        top_k,
+        n: fast_map(),
+        items: fast_map(),
+        listed_in: fast_map(),
+        candidate_bytes: 0,
+    };
     let mut stash: Stash<T, In<I>> = Stash::new();
-    let mut candidate_bytes = 0i64;
-    let entry_bytes = std::mem::size_of::<(I, u32)>() as i64;
     candidates
         .inner
         .binary_frontier::<_, CapacityContainerBuilder<Vec<((I, SimilarItem<I>), T, isize)>>, _, _, _, _>(
@@ -519,109 +674,75 @@ where
                     while let Some((t, cap, ups)) = stash.pop_complete(|t| {
                         cands_frontier.less_equal(t) || n_frontier.less_equal(t)
                     }) {
-                        let mut n_summed: FastMap<I, isize> = fast_map();
+                        let mut n_deltas: FastMap<I, isize> = fast_map();
                         let mut changes = Vec::new();
                         for up in ups {
                             match up {
-                                In::Users(i, d) => *n_summed.entry(i).or_insert(0) += d,
+                                In::Users(i, d) => *n_deltas.entry(i).or_insert(0) += d,
                                 In::Candidate(a, b, co) => changes.push((a, b, co)),
                             }
                         }
-                        let mut dirty: FastSet<I> = HashSet::with_hasher(FixedState::default());
-                        let mut decreased: FastSet<I> = HashSet::with_hasher(FixedState::default());
-                        for (i, d) in n_summed {
-                            if d == 0 {
-                                continue;
-                            }
-                            let old = n.get(&i).copied().unwrap_or(0);
-                            let new = (old as i64 + d as i64).max(0) as u64;
-                            if new == 0 {
-                                n.remove(&i);
-                            } else {
-                                n.insert(i.clone(), new);
-                            }
-                            if let Some(holders) = listed_in.get(&i) {
-                                dirty.extend(holders.iter().cloned());
-                            }
-                            if items.contains_key(&i) {
-                                dirty.insert(i.clone());
-                            }
-                            if new < old {
-                                decreased.insert(i);
-                            }
-                        }
-                        if !decreased.is_empty() {
-                            for (a, lists) in &items {
-                                if lists.candidates.iter().any(|(b, _)| decreased.contains(b)) {
-                                    dirty.insert(a.clone());
-                                }
-                            }
-                        }
-                        for (a, b, co) in changes {
-                            let lists = items.entry(a.clone()).or_insert_with(|| ItemLists {
-                                candidates: Vec::new(),
-                                top: Vec::new(),
-                            });
-                            let before = lists.candidates.capacity() as i64;
-                            match lists.candidates.binary_search_by(|(x, _)| x.cmp(&b)) {
-                                Ok(p) if co == 0 => {
-                                    lists.candidates.remove(p);
-                                }
-                                Ok(p) => lists.candidates[p].1 = co,
-                                Err(p) if co > 0 => lists.candidates.insert(p, (b, co)),
-                                Err(_) => {}
-                            }
-                            if lists.candidates.is_empty() {
-                                lists.candidates.shrink_to_fit();
-                            }
-                            candidate_bytes +=
-                                (lists.candidates.capacity() as i64 - before) * entry_bytes;
-                            dirty.insert(a);
-                        }
-                        let bytes_before = candidate_bytes;
                         let mut out = output.session(&cap);
-                        for a in dirty {
-                            let Some(lists) = items.get_mut(&a) else {
-                                continue;
-                            };
-                            let n_item = n.get(&a).copied().unwrap_or(0);
-                            let new_top = rank(&lists.candidates, &n, n_item, top_k);
-                            if new_top == lists.top {
-                                if lists.candidates.is_empty() {
-                                    items.remove(&a);
-                                }
-                                continue;
-                            }
-                            for row in &lists.top {
-                                if !new_top.contains(row) {
-                                    out.give(((a.clone(), row.clone()), t.clone(), -1));
-                                }
-                                if !new_top.iter().any(|r| r.item == row.item) {
-                                    unlist(&mut listed_in, &row.item, &a);
-                                }
-                            }
-                            for row in &new_top {
-                                if !lists.top.contains(row) {
-                                    out.give(((a.clone(), row.clone()), t.clone(), 1));
-                                }
-                                if !lists.top.iter().any(|r| r.item == row.item) {
-                                    listed_in.entry(row.item.clone()).or_default().push(a.clone());
-                                }
-                            }
-                            lists.top = new_top;
-                            if lists.candidates.is_empty() {
-                                items.remove(&a);
-                            }
-                        }
-                        (stats.borrow_mut())(PairStats {
-                            bytes: candidate_bytes - bytes_before,
-                            ..PairStats::default()
+                        let delta = state.complete_time(n_deltas, changes, |row, d| {
+                            out.give((row, t.clone(), d))
                         });
+                        (stats.borrow_mut())(delta);
                     }
                 }
             },
         )
         .as_collection()
+}
+
+/// Sets `candidates[b] = co` for each `(_, b, co)` of `changes` (sorted by `b`), removing
+/// `b` when `co` is 0. Few changes to a long list are binary searched; otherwise the list is
+/// merged with the changes in one pass.
+fn merge_candidates<I: Clone + Ord>(candidates: &mut Vec<(I, u32)>, changes: &[(I, I, u32)]) {
+    if changes.len() * 16 < candidates.len() {
+        for (_, b, co) in changes {
+            match candidates.binary_search_by(|(x, _)| x.cmp(b)) {
+                Ok(p) if *co == 0 => {
+                    candidates.remove(p);
+                }
+                Ok(p) => candidates[p].1 = *co,
+                Err(p) if *co > 0 => candidates.insert(p, (b.clone(), *co)),
+                Err(_) => {}
+            }
+        }
+    } else {
+        let old = std::mem::take(candidates);
+        let mut merged = Vec::with_capacity(old.len() + changes.len());
+        let mut changes = changes.iter().peekable();
+        for (b, co) in old {
+            while let Some((_, c, _)) = changes.peek() {
+                if *c >= b {
+                    break;
+                }
+                let (_, c, new) = changes.next().expect("peeked");
+                if *new > 0 {
+                    merged.push((c.clone(), *new));
+                }
+            }
+            match changes.peek() {
+                Some((_, c, new)) if *c == b => {
+                    if *new > 0 {
+                        merged.push((b, *new));
+                    }
+                    changes.next();
+                }
+                _ => merged.push((b, co)),
+            }
+        }
+        for (_, c, new) in changes {
+            if *new > 0 {
+                merged.push((c.clone(), *new));
+            }
+        }
+        *candidates = merged;
+    }
+    if candidates.is_empty() {
+        candidates.shrink_to_fit();
+    }
 }
 
 /// Removes `a` from the items listing `b`.
@@ -876,6 +997,39 @@ pub(crate) mod tests {
                 assert!(candidates > 0, "seed {seed}: the data should have candidates");
                 assert!(stats.bytes > 0, "seed {seed}: the pair state has bytes");
             }
+        }
+    }
+
+    /// Both ways of applying candidate changes (binary search for a few changes to a long
+    /// list, a merge otherwise) against a map.
+    #[test]
+    fn candidate_changes_apply_like_a_map() {
+        let mut rng = Rng::new(7);
+        for round in 0..400 {
+            let len = rng.below(60) as usize;
+            let mut map: BTreeMap<u16, u32> = BTreeMap::new();
+            while map.len() < len {
+                map.insert(rng.below(200) as u16, 2 + rng.below(5) as u32);
+            }
+            let mut list: Vec<(u16, u32)> = map.iter().map(|(b, co)| (*b, *co)).collect();
+            let n_changes = if round % 2 == 0 { 1 + rng.below(3) } else { rng.below(80) };
+            let mut changes: BTreeMap<u16, u32> = BTreeMap::new();
+            for _ in 0..n_changes {
+                let co = if rng.below(3) == 0 { 0 } else { 2 + rng.below(5) as u32 };
+                changes.insert(rng.below(200) as u16, co);
+            }
+            for (b, co) in &changes {
+                if *co == 0 {
+                    map.remove(b);
+                } else {
+                    map.insert(*b, *co);
+                }
+            }
+            let changes: Vec<(u16, u16, u32)> =
+                changes.into_iter().map(|(b, co)| (0, b, co)).collect();
+            merge_candidates(&mut list, &changes);
+            let expected: Vec<(u16, u32)> = map.into_iter().collect();
+            assert_eq!(list, expected, "round {round}");
         }
     }
 
