@@ -387,8 +387,7 @@ where
                             stash.push(&cap, &t, (ui, d));
                         }
                     });
-                    while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t))
-                    {
+                    while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t)) {
                         let (mut n, mut pairs) = (fast_map(), fast_map());
                         state.complete_time(ups, &mut n, &mut pairs);
                         let mut out = output.session(&cap);
@@ -501,8 +500,7 @@ where
                             stash.push(&cap, &t, (p, d));
                         }
                     });
-                    while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t))
-                    {
+                    while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t)) {
                         let mut out = output.session(&cap);
                         let delta = state.complete_time(ups, |c| out.give((c, t.clone(), 1)));
                         (stats.borrow_mut())(delta);
@@ -927,8 +925,9 @@ pub(crate) mod tests {
     fn matches_oracle_on_sparse_data_where_scores_rise() {
         for seed in 40..43u64 {
             let mut rng = Rng::new(seed);
-            let updates =
-                random_updates(&mut rng, 900, 90, |r| (r.below(60) as u8, r.below(25) as u8));
+            let updates = random_updates(&mut rng, 900, 90, |r| {
+                (r.below(60) as u8, r.below(25) as u8)
+            });
             let config = SimilarityConfig {
                 max_user_items: 12,
                 top_k: 2,
@@ -994,7 +993,10 @@ pub(crate) mod tests {
                     (pairs.len() as i64, candidates),
                     "seed {seed} workers {workers}"
                 );
-                assert!(candidates > 0, "seed {seed}: the data should have candidates");
+                assert!(
+                    candidates > 0,
+                    "seed {seed}: the data should have candidates"
+                );
                 assert!(stats.bytes > 0, "seed {seed}: the pair state has bytes");
             }
         }
@@ -1012,10 +1014,18 @@ pub(crate) mod tests {
                 map.insert(rng.below(200) as u16, 2 + rng.below(5) as u32);
             }
             let mut list: Vec<(u16, u32)> = map.iter().map(|(b, co)| (*b, *co)).collect();
-            let n_changes = if round % 2 == 0 { 1 + rng.below(3) } else { rng.below(80) };
+            let n_changes = if round % 2 == 0 {
+                1 + rng.below(3)
+            } else {
+                rng.below(80)
+            };
             let mut changes: BTreeMap<u16, u32> = BTreeMap::new();
             for _ in 0..n_changes {
-                let co = if rng.below(3) == 0 { 0 } else { 2 + rng.below(5) as u32 };
+                let co = if rng.below(3) == 0 {
+                    0
+                } else {
+                    2 + rng.below(5) as u32
+                };
                 changes.insert(rng.below(200) as u16, co);
             }
             for (b, co) in &changes {

@@ -218,18 +218,30 @@ impl Job for CustomerAnalytics {
                 df.worker_index(),
                 budget / df.workers().max(1) as u64,
             );
-            let top_categories = match &traits {
-                Some(traits) => traits.clone().map(|r| (r.user_id, r.top_category)),
-                None => tables::recommendations::top_category(&events),
-            };
-            let (similar, recommendations) = tables::recommendations::similarity_tables(
+            let similar = tables::recommendations::similar_products(
                 &events,
-                top_categories,
                 &settings.recommendations,
                 pair_stats,
             );
-            df.sink("similar_items", similar)?;
-            df.sink("recommendations", recommendations)?;
+            if df.wants("recommendations") {
+                let top_categories = match &traits {
+                    Some(traits) => traits.clone().map(|r| (r.user_id, r.top_category)),
+                    None => tables::recommendations::top_category(&events),
+                };
+                df.sink(
+                    "recommendations",
+                    tables::recommendations::recommendation_rows(
+                        &events,
+                        similar.clone(),
+                        top_categories,
+                        &settings.recommendations,
+                    ),
+                )?;
+            }
+            df.sink(
+                "similar_items",
+                tables::recommendations::similar_item_rows(similar),
+            )?;
         }
 
         // dead_letters

@@ -32,7 +32,7 @@ use cap_operators::local::pre_aggregate;
 use cap_operators::recommend::{
     recommend, refresh_every, score_value, Interaction, RecommendConfig,
 };
-use cap_operators::similarity::{similar_items, Cosine, PairStats, SimilarityConfig};
+use cap_operators::similarity::{similar_items, Cosine, PairStats, SimilarItem, SimilarityConfig};
 use compact_str::CompactString;
 use differential_dataflow::VecCollection;
 use serde::ser::SerializeStruct;
@@ -346,17 +346,14 @@ pub fn pair_metrics(
     }
 }
 
-/// The `similar_items` and `recommendations` rows of `events`. `stats` receives the changes
-/// of the co-occurrence state (see [`PairStats`]).
-pub fn similarity_tables<'s>(
+/// Each product's similar-items list over `events` (the operator's output; see
+/// [`similar_item_rows`] for the table's rows). `stats` receives the changes of the
+/// co-occurrence state (see [`PairStats`]).
+pub fn similar_products<'s>(
     events: &VecCollection<'s, u64, Event>,
-    top_categories: VecCollection<'s, u64, (u64, CompactString)>,
     settings: &RecommendationSettings,
     stats: impl FnMut(PairStats) + 'static,
-) -> (
-    VecCollection<'s, u64, SimilarItemRow>,
-    VecCollection<'s, u64, RecommendationRow>,
-) {
+) -> VecCollection<'s, u64, (u64, SimilarItem<u64>)> {
     let sim_config = SimilarityConfig {
         max_user_items: settings.max_user_items,
         top_k: TOP_K,
@@ -365,14 +362,29 @@ pub fn similarity_tables<'s>(
         events.clone().map(|e| (e.user_id, e.product_id)),
         "user_product",
     );
-    let similar = similar_items(touches, &sim_config, stats);
-    let similar_rows = similar.clone().map(|(product_id, s)| SimilarItemRow {
+    similar_items(touches, &sim_config, stats)
+}
+
+/// The `similar_items` rows of [`similar_products`]' lists.
+pub fn similar_item_rows<'s>(
+    similar: VecCollection<'s, u64, (u64, SimilarItem<u64>)>,
+) -> VecCollection<'s, u64, SimilarItemRow> {
+    similar.map(|(product_id, s)| SimilarItemRow {
         product_id,
         rank: s.rank,
         similar_product_id: s.item,
         cosine: s.cosine,
-    });
+    })
+}
 
+/// The `recommendations` rows: from `events`, the lists of [`similar_products`] and each
+/// user's top category, refreshed every `settings.refresh_epochs` epochs.
+pub fn recommendation_rows<'s>(
+    events: &VecCollection<'s, u64, Event>,
+    similar: VecCollection<'s, u64, (u64, SimilarItem<u64>)>,
+    top_categories: VecCollection<'s, u64, (u64, CompactString)>,
+    settings: &RecommendationSettings,
+) -> VecCollection<'s, u64, RecommendationRow> {
     let r = settings.refresh_epochs;
     let interactions = pre_aggregate(
         events
@@ -391,7 +403,7 @@ pub fn similarity_tables<'s>(
         max_user_items: settings.max_user_items,
         top_k: TOP_K,
     };
-    let recs = recommend(
+    recommend(
         refresh_every(interactions, r),
         refresh_every(similar, r),
         refresh_every(top_categories, r),
@@ -403,8 +415,22 @@ pub fn similarity_tables<'s>(
         rank: rec.rank,
         product_id: rec.item,
         score: rec.score,
-    });
-    (similar_rows, recs)
+    })
+}
+
+/// Both tables: the `similar_items` and `recommendations` rows of `events`.
+pub fn similarity_tables<'s>(
+    events: &VecCollection<'s, u64, Event>,
+    top_categories: VecCollection<'s, u64, (u64, CompactString)>,
+    settings: &RecommendationSettings,
+    stats: impl FnMut(PairStats) + 'static,
+) -> (
+    VecCollection<'s, u64, SimilarItemRow>,
+    VecCollection<'s, u64, RecommendationRow>,
+) {
+    let similar = similar_products(events, settings, stats);
+    let recs = recommendation_rows(events, similar.clone(), top_categories, settings);
+    (similar_item_rows(similar), recs)
 }
 
 #[cfg(test)]
