@@ -207,7 +207,7 @@ mod tests {
                     0 => None,
                     i => names.get(i as usize % names.len()).map(|s| (*s).to_owned()),
                 },
-                id: if r % 7 == 0 {
+                id: if r.is_multiple_of(7) {
                     u64::MAX - (r >> 40)
                 } else {
                     r >> 40

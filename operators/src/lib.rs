@@ -50,6 +50,7 @@ pub mod recommend;
 pub mod segments;
 pub mod similarity;
 pub mod testing;
+mod timed;
 pub mod topk;
 pub mod traits;
 

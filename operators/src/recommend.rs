@@ -29,23 +29,27 @@
 //! `w · 2^-41` per term, far under the 6 printed decimals).
 //!
 //! ```text
-//!  touches ─ reduce per user: w(q), purchased, #purchased (none over the cap) ─▶ facts
-//!  facts (q, (u, w)) ⋈ similar (q, (p, fixed)) ─ explode: (u, p) with difference w·fixed
-//!  category_purchases ─ reduce per category: ranking (top_k + max_user_items) ─┐
-//!  top_category ⋈ facts #purchased ─▶ (category, (u, depth)) ─────────────────┴─▶ (u, prefix)
-//!  scored + purchased + prefix ─ reduce per user (a scored item's accumulated
-//!                                difference is its score) ─▶ ranked rows
+//!  touches (u, (q, interaction)) ─┐ exchange by user
+//!  top_category (u, c) ───────────┴──────────────────▶ Recommend: per user, their touches,
+//!  similar (q, (p, fixed)) ──┐ broadcast                top category and emitted list;
+//!  category_purchases (c, i) ┴──────────────────────▶  every worker holds the similar lists
+//!                                                      and the category rankings
 //! ```
 //!
-//! The fill needs at most `top_k + #purchased(u)` items of the ranking (every skipped item
-//! is listed or purchased), and `#purchased(u) <= max_user_items`, so each user's copy is cut
-//! to that depth and the ranking to `top_k + max_user_items`: exact, and small.
+//! One timely operator over hash maps (decision D14 in `docs/decisions.md`). At each
+//! complete time it applies the updates, then re-ranks exactly the users whose list can have
+//! changed: users with an update of their own; users who touched an item `q` whose similar
+//! list changed (rows are summed first, so a row that only changed rank is no change);
+//! users whose top category's ranking changed within the prefix they read (`top_k +`
+//! their purchased items: every skipped item is listed or purchased, so no fill reads
+//! further). Re-ranking a user sums `w(q) · fixed(q, p)` over their touched items' lists.
 //!
-//! State: one entry per distinct `(user, item, interaction)`; per user, one candidate per
-//! item reachable through a similar list (at most `top_k` per touched item) plus a fill
-//! prefix; per category, its ranking. Work: a change to an item's similar list re-scores
-//! the users who touched it, and a change to a category's ranking re-fills the users whose
-//! top category it is: this is why [`refresh_every`] exists.
+//! State: per user, one entry per distinct `(item, interaction)`, their top category and
+//! their emitted list; per item, its local users; per category, its local users. On every
+//! worker: the similar lists (`top_k` rows per item) and, per category, its purchase counts
+//! and its ranking cut at `top_k + max_user_items`. Work: a change to an item's similar list
+//! re-scores the users who touched it (with `R = 1` and popular items whose `n` changes every
+//! epoch, that is most users every epoch): this is why [`refresh_every`] exists.
 //!
 //! Refresh: [`refresh_every`] delays a collection's updates to the last epoch of their
 //! block of `R` epochs, so the recommendations computed from delayed inputs change only
@@ -55,10 +59,18 @@
 
 use std::hash::Hash;
 
+use differential_dataflow::hashable::Hashable;
 use differential_dataflow::lattice::Lattice;
-use differential_dataflow::{ExchangeData, VecCollection};
+use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::order::TotalOrder;
 use timely::progress::Timestamp;
+
+use crate::timed::{fast_map, FastMap, FastSet, Stash};
 
 use crate::similarity::{SimilarItem, FIXED_SCALE};
 
@@ -121,29 +133,6 @@ pub fn score_value(score: i64) -> f64 {
     score as f64 / FIXED_SCALE
 }
 
-/// What the per-user reduce needs to know of one user.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum UserFact<I> {
-    /// The user touched `item`, with this highest weight; `purchased` if any touch was one.
-    Item {
-        item: I,
-        weight: i64,
-        purchased: bool,
-    },
-    /// The user is kept (not over the cap) and purchased this many distinct items.
-    Purchases(usize),
-}
-
-/// Candidates of a user in the final reduce. A `Scored` item's *difference* is its score:
-/// the arrangement sums the terms `w(q) · fixed(q, p)` as it consolidates, so no separate
-/// count (and no second copy of every candidate) is kept.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Candidate<I> {
-    Purchased(I),
-    Scored(I),
-    Fill(Vec<I>),
-}
-
 /// Delays every update to the last epoch of its block of `epochs` epochs
 /// (`t -> ⌊t / R⌋ · R + R - 1`), so downstream work and output changes happen once per
 /// block. `epochs <= 1` returns the collection unchanged. The delay is monotone and never
@@ -166,6 +155,339 @@ where
     })
 }
 
+/// Updates keyed by user, exchanged to the user's worker.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ByUser<U, I, C> {
+    Touch(U, I, Interaction),
+    TopCategory(U, C),
+}
+
+/// Updates every worker needs, broadcast: similar-list rows `(q, p, fixed)` and purchases.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Shared<I, C> {
+    Similar(I, I, i64),
+    Purchase(C, I),
+}
+
+/// One user's inputs and the list last emitted for them.
+struct UserState<I, C> {
+    /// `((item, interaction), count)`, sorted.
+    touches: Vec<((I, Interaction), isize)>,
+    /// `(category, count)`; at most one is positive in a valid input.
+    top_category: Vec<(C, isize)>,
+    /// Distinct purchased items, as of the last ranking (the fill depth is `top_k` more).
+    purchased: usize,
+    emitted: Vec<Recommendation<I>>,
+}
+
+/// The recommendations of the users owned by this worker, with the similar lists and the
+/// category rankings (replicated on every worker).
+struct Recommender<U, I, C> {
+    max_user_items: usize,
+    top_k: usize,
+    /// `q -> [(p, fixed, count)]`, from the similar lists.
+    lists: FastMap<I, Vec<(I, i64, isize)>>,
+    /// Purchases per category and item.
+    purchases: FastMap<C, FastMap<I, isize>>,
+    /// Per category, its items by purchases (descending, ties by item), cut at
+    /// `top_k + max_user_items`: no user's fill reads further.
+    rankings: FastMap<C, Vec<I>>,
+    users: FastMap<U, UserState<I, C>>,
+    /// Per item, the local users with a touch of it.
+    item_users: FastMap<I, Vec<U>>,
+    /// Per category, the local users whose top category it is.
+    category_users: FastMap<C, Vec<U>>,
+}
+
+fn remove_from<K: Eq + Hash, V: Eq>(index: &mut FastMap<K, Vec<V>>, key: &K, value: &V) {
+    if let Some(vs) = index.get_mut(key) {
+        if let Some(p) = vs.iter().position(|v| v == value) {
+            vs.swap_remove(p);
+        }
+        if vs.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// Adds `d` to `key`'s count in a sorted `(key, count)` list; entries at 0 leave. Returns
+/// whether `key` went from present (count > 0) to absent or back.
+fn add_count<K: Ord + Clone>(list: &mut Vec<(K, isize)>, key: &K, d: isize) -> bool {
+    match list.binary_search_by(|(k, _)| k.cmp(key)) {
+        Ok(p) => {
+            let before = list[p].1 > 0;
+            list[p].1 += d;
+            let after = list[p].1 > 0;
+            if list[p].1 == 0 {
+                list.remove(p);
+            }
+            before != after
+        }
+        Err(p) => {
+            list.insert(p, (key.clone(), d));
+            d > 0
+        }
+    }
+}
+
+impl<U, I, C> Recommender<U, I, C>
+where
+    U: Clone + Ord + Hash,
+    I: Clone + Ord + Hash,
+    C: Clone + Ord + Hash,
+{
+    /// Applies one complete time's updates and emits the changed users' list differences.
+    #[inline(never)]
+    fn complete_time(
+        &mut self,
+        by_user: Vec<(ByUser<U, I, C>, isize)>,
+        shared: Vec<(Shared<I, C>, isize)>,
+        mut emit: impl FnMut((U, Recommendation<I>), isize),
+    ) {
+        let mut dirty: FastSet<U> = FastSet::with_hasher(Default::default());
+
+        // Similar lists and purchases, summed first: a row that only changed rank cancels.
+        let mut summed: FastMap<Shared<I, C>, isize> = fast_map();
+        for (s, d) in shared {
+            *summed.entry(s).or_insert(0) += d;
+        }
+        let mut changed_categories: FastSet<C> = FastSet::with_hasher(Default::default());
+        for (s, d) in summed {
+            if d == 0 {
+                continue;
+            }
+            match s {
+                Shared::Similar(q, p, fixed) => {
+                    let list = self.lists.entry(q.clone()).or_default();
+                    match list.iter().position(|(x, f, _)| *x == p && *f == fixed) {
+                        Some(k) => {
+                            list[k].2 += d;
+                            if list[k].2 == 0 {
+                                list.swap_remove(k);
+                            }
+                        }
+                        None => list.push((p, fixed, d)),
+                    }
+                    if list.is_empty() {
+                        self.lists.remove(&q);
+                    }
+                    if let Some(users) = self.item_users.get(&q) {
+                        dirty.extend(users.iter().cloned());
+                    }
+                }
+                Shared::Purchase(c, i) => {
+                    let counts = self.purchases.entry(c.clone()).or_default();
+                    let n = counts.entry(i.clone()).or_insert(0);
+                    *n += d;
+                    if *n == 0 {
+                        counts.remove(&i);
+                    }
+                    if counts.is_empty() {
+                        self.purchases.remove(&c);
+                    }
+                    changed_categories.insert(c);
+                }
+            }
+        }
+        let depth_cap = self.top_k + self.max_user_items;
+        for c in changed_categories {
+            let mut items: Vec<(&I, isize)> = self
+                .purchases
+                .get(&c)
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (i, *n))
+                .collect();
+            let order = |x: &(&I, isize), y: &(&I, isize)| y.1.cmp(&x.1).then_with(|| x.0.cmp(y.0));
+            if items.len() > depth_cap {
+                items.select_nth_unstable_by(depth_cap - 1, order);
+                items.truncate(depth_cap);
+            }
+            items.sort_unstable_by(order);
+            let ranking: Vec<I> = items.into_iter().map(|(i, _)| i.clone()).collect();
+            let old = self.rankings.get(&c).map(Vec::as_slice).unwrap_or(&[]);
+            // A user reads at most `top_k + purchased` items of the ranking: only users who
+            // read past the first difference can see the change.
+            let first_change = old
+                .iter()
+                .zip(&ranking)
+                .position(|(x, y)| x != y)
+                .unwrap_or(old.len().min(ranking.len()));
+            if first_change < old.len().max(ranking.len()) {
+                for u in self.category_users.get(&c).into_iter().flatten() {
+                    let reads = self
+                        .users
+                        .get(u)
+                        .map_or(usize::MAX, |s| self.top_k + s.purchased);
+                    if reads > first_change {
+                        dirty.insert(u.clone());
+                    }
+                }
+            }
+            if ranking.is_empty() {
+                self.rankings.remove(&c);
+            } else {
+                self.rankings.insert(c, ranking);
+            }
+        }
+
+        // The users' own updates (in any order: counts add up the same).
+        for (update, d) in by_user {
+            match update {
+                ByUser::Touch(u, i, kind) => {
+                    let state = self.users.entry(u.clone()).or_insert_with(UserState::new);
+                    let had = state.touches_item(&i);
+                    add_count(&mut state.touches, &(i.clone(), kind), d);
+                    let has = state.touches_item(&i);
+                    if had && !has {
+                        remove_from(&mut self.item_users, &i, &u);
+                    } else if has && !had {
+                        self.item_users.entry(i).or_default().push(u.clone());
+                    }
+                    dirty.insert(u);
+                }
+                ByUser::TopCategory(u, c) => {
+                    let state = self.users.entry(u.clone()).or_insert_with(UserState::new);
+                    if add_count(&mut state.top_category, &c, d) {
+                        if state.top_category.iter().any(|(x, n)| *x == c && *n > 0) {
+                            self.category_users.entry(c).or_default().push(u.clone());
+                        } else {
+                            remove_from(&mut self.category_users, &c, &u);
+                        }
+                    }
+                    dirty.insert(u);
+                }
+            }
+        }
+
+        let mut scores: FastMap<I, i64> = fast_map();
+        for u in dirty {
+            let Some(state) = self.users.get_mut(&u) else {
+                continue;
+            };
+            let (list, purchased) = rank_user(
+                state,
+                &self.lists,
+                &self.rankings,
+                self.max_user_items,
+                self.top_k,
+                &mut scores,
+            );
+            state.purchased = purchased;
+            if list != state.emitted {
+                for row in &state.emitted {
+                    if !list.contains(row) {
+                        emit((u.clone(), row.clone()), -1);
+                    }
+                }
+                for row in &list {
+                    if !state.emitted.contains(row) {
+                        emit((u.clone(), row.clone()), 1);
+                    }
+                }
+                state.emitted = list;
+            }
+            if state.touches.is_empty() && state.top_category.is_empty() {
+                self.users.remove(&u);
+            }
+        }
+    }
+}
+
+impl<I: Ord, C> UserState<I, C> {
+    fn new() -> Self {
+        UserState {
+            touches: Vec::new(),
+            top_category: Vec::new(),
+            purchased: 0,
+            emitted: Vec::new(),
+        }
+    }
+
+    /// Whether any touch of `item` is present.
+    fn touches_item(&self, item: &I) -> bool {
+        let start = self.touches.partition_point(|((i, _), _)| i < item);
+        self.touches[start..]
+            .iter()
+            .take_while(|((i, _), _)| i == item)
+            .any(|(_, n)| *n > 0)
+    }
+}
+
+/// A user's ranked list from their touches, the similar lists and their top category's
+/// ranking, with their number of distinct purchased items. `scores` is scratch space.
+fn rank_user<I: Clone + Ord + Hash, C: Clone + Eq + Hash>(
+    state: &UserState<I, C>,
+    lists: &FastMap<I, Vec<(I, i64, isize)>>,
+    rankings: &FastMap<C, Vec<I>>,
+    max_user_items: usize,
+    top_k: usize,
+    scores: &mut FastMap<I, i64>,
+) -> (Vec<Recommendation<I>>, usize) {
+    // w(q) and whether q was bought, one entry per item (touches are sorted by item).
+    let mut items: Vec<(&I, i64, bool)> = Vec::new();
+    for ((item, kind), n) in &state.touches {
+        if *n <= 0 {
+            continue;
+        }
+        let bought = *kind == Interaction::Purchase;
+        match items.last_mut() {
+            Some(last) if last.0 == item => {
+                last.1 = last.1.max(kind.weight());
+                last.2 |= bought;
+            }
+            _ => items.push((item, kind.weight(), bought)),
+        }
+    }
+    // No touches: no facts to recommend from, not even a fill. Over the cap: left out.
+    if items.is_empty() || items.len() > max_user_items {
+        return (Vec::new(), 0);
+    }
+    let purchased: Vec<&I> = items.iter().filter(|x| x.2).map(|x| x.0).collect();
+    scores.clear();
+    for (q, w, _) in &items {
+        for (p, fixed, n) in lists.get(*q).into_iter().flatten() {
+            *scores.entry(p.clone()).or_insert(0) += w * fixed * *n as i64;
+        }
+    }
+    let mut listed: Vec<(I, i64)> = scores
+        .drain()
+        .filter(|(p, s)| *s > 0 && purchased.binary_search(&p).is_err())
+        .collect();
+    let order = |x: &(I, i64), y: &(I, i64)| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0));
+    if listed.len() > top_k && top_k > 0 {
+        listed.select_nth_unstable_by(top_k - 1, order);
+    }
+    listed.truncate(top_k);
+    listed.sort_unstable_by(order);
+    let category = state
+        .top_category
+        .iter()
+        .find(|(_, n)| *n > 0)
+        .map(|(c, _)| c);
+    if let Some(ranking) = category.and_then(|c| rankings.get(c)) {
+        for item in ranking {
+            if listed.len() >= top_k {
+                break;
+            }
+            if purchased.binary_search(&item).is_err() && !listed.iter().any(|(x, _)| x == item) {
+                listed.push((item.clone(), 0));
+            }
+        }
+    }
+    let list = listed
+        .into_iter()
+        .enumerate()
+        .map(|(rank, (item, score))| Recommendation {
+            rank: rank as u32 + 1,
+            item,
+            score,
+        })
+        .collect();
+    (list, purchased.len())
+}
+
 /// Per user, the ranked recommendations (see the module docs).
 pub fn recommend<'s, T, U, I, C>(
     touches: VecCollection<'s, T, (U, (I, Interaction))>,
@@ -175,143 +497,74 @@ pub fn recommend<'s, T, U, I, C>(
     config: &RecommendConfig,
 ) -> VecCollection<'s, T, (U, Recommendation<I>)>
 where
-    T: Timestamp + Lattice,
+    T: Timestamp + Lattice + TotalOrder,
     U: ExchangeData + Hash,
     I: ExchangeData + Hash,
     C: ExchangeData + Hash,
 {
-    let (max_user_items, top_k) = (config.max_user_items, config.top_k);
-    let facts = touches.reduce_named("UserItemWeights", move |_user, input, output| {
-        // Input is sorted by (item, interaction): one run per item.
-        let mut items: Vec<(&I, i64, bool)> = Vec::new();
-        for ((item, interaction), d) in input {
-            if *d <= 0 {
-                continue;
-            }
-            match items.last_mut() {
-                Some(last) if last.0 == item => {
-                    last.1 = last.1.max(interaction.weight());
-                    last.2 |= *interaction == Interaction::Purchase;
-                }
-                _ => items.push((
-                    item,
-                    interaction.weight(),
-                    *interaction == Interaction::Purchase,
-                )),
-            }
-        }
-        if items.len() > max_user_items {
-            return;
-        }
-        let purchases = items.iter().filter(|x| x.2).count();
-        output.push((UserFact::Purchases(purchases), 1isize));
-        for (item, weight, purchased) in items {
-            output.push((
-                UserFact::Item {
-                    item: item.clone(),
-                    weight,
-                    purchased,
-                },
-                1isize,
-            ));
-        }
-    });
-
-    // Scores: Σ_q w(q) · fixed(q, p), summed exactly as a difference.
-    let weights = facts.clone().flat_map(|(user, fact)| match fact {
-        UserFact::Item { item, weight, .. } => Some((item, (user, weight))),
-        UserFact::Purchases(_) => None,
-    });
-    let sims = similar.map(|(q, s)| (q, (s.item, s.cosine.fixed())));
-    let scored = weights
-        .join_map(sims, |_q, (user, weight), (p, fixed)| {
-            (user.clone(), p.clone(), weight * fixed)
-        })
-        .explode(|(user, item, term)| Some(((user, Candidate::Scored(item)), term as isize)));
-
-    let purchased = facts.clone().flat_map(|(user, fact)| match fact {
-        UserFact::Item {
-            item,
-            purchased: true,
-            ..
-        } => Some((user, Candidate::Purchased(item))),
-        _ => None,
-    });
-
-    // Fill: each kept user gets the prefix of their top category's ranking they may need.
-    let depth_cap = top_k + max_user_items;
-    let ranking = category_purchases.reduce_named("CategoryRanking", move |_c, input, output| {
-        let mut items: Vec<(&I, isize)> = input
-            .iter()
-            .filter(|(_, d)| *d > 0)
-            .map(|(i, d)| (*i, *d))
-            .collect();
-        items.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(y.0)));
-        let list: Vec<I> = items
-            .into_iter()
-            .take(depth_cap)
-            .map(|(i, _)| i.clone())
-            .collect();
-        output.push((list, 1isize));
-    });
-    let depths = facts.flat_map(move |(user, fact)| match fact {
-        UserFact::Purchases(n) => Some((user, top_k + n)),
-        UserFact::Item { .. } => None,
-    });
-    let fill = top_category
-        .join_map(depths, |user, category, depth| {
-            (category.clone(), (user.clone(), *depth))
-        })
-        .join_map(ranking, |_c, (user, depth), list: &Vec<I>| {
-            let prefix = list[..(*depth).min(list.len())].to_vec();
-            (user.clone(), Candidate::Fill(prefix))
-        });
-
-    scored.concat(purchased).concat(fill).reduce_named(
-        "UserRecommendations",
-        move |_user, input, output| {
-            let mut purchased: Vec<&I> = Vec::new();
-            let mut listed: Vec<(&I, i64)> = Vec::new();
-            let mut fills: Vec<&Vec<I>> = Vec::new();
-            for (candidate, d) in input {
-                if *d <= 0 {
-                    continue;
-                }
-                match candidate {
-                    // Sorted by item, and all before the scored items.
-                    Candidate::Purchased(item) => purchased.push(item),
-                    Candidate::Scored(item) => {
-                        if purchased.binary_search(&item).is_err() {
-                            listed.push((item, *d as i64));
+    let by_user = touches
+        .map(|(u, (i, kind))| ByUser::Touch(u, i, kind))
+        .concat(top_category.map(|(u, c)| ByUser::TopCategory(u, c)));
+    let shared = similar
+        .map(|(q, s)| Shared::Similar(q, s.item, s.cosine.fixed()))
+        .concat(category_purchases.map(|(c, i)| Shared::Purchase(c, i)));
+    let mut state = Recommender {
+        max_user_items: config.max_user_items,
+        top_k: config.top_k,
+        lists: fast_map(),
+        purchases: fast_map(),
+        rankings: fast_map(),
+        users: fast_map(),
+        item_users: fast_map(),
+        category_users: fast_map(),
+    };
+    enum Held<U, I, C> {
+        User(ByUser<U, I, C>, isize),
+        Shared(Shared<I, C>, isize),
+    }
+    let mut stash: Stash<T, Held<U, I, C>> = Stash::new();
+    let user_of = |(u, _, _): &(ByUser<U, I, C>, T, isize)| match u {
+        ByUser::Touch(u, ..) | ByUser::TopCategory(u, _) => u.hashed(),
+    };
+    by_user
+        .inner
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<((U, Recommendation<I>), T, isize)>>, _, _, _, _>(
+            shared.inner.broadcast(),
+            Exchange::new(user_of),
+            Pipeline,
+            "Recommend",
+            move |_cap, _info| {
+                move |(users_in, users_frontier), (shared_in, shared_frontier), output| {
+                    users_in.for_each(|cap, data| {
+                        for (u, t, d) in data.drain(..) {
+                            stash.push(&cap, &t, Held::User(u, d));
                         }
+                    });
+                    shared_in.for_each(|cap, data| {
+                        for (s, t, d) in data.drain(..) {
+                            stash.push(&cap, &t, Held::Shared(s, d));
+                        }
+                    });
+                    while let Some((t, cap, held)) = stash.pop_complete(|t| {
+                        users_frontier.less_equal(t) || shared_frontier.less_equal(t)
+                    }) {
+                        let mut by_user = Vec::new();
+                        let mut shared = Vec::new();
+                        for h in held {
+                            match h {
+                                Held::User(u, d) => by_user.push((u, d)),
+                                Held::Shared(s, d) => shared.push((s, d)),
+                            }
+                        }
+                        let mut out = output.session(&cap);
+                        state.complete_time(by_user, shared, |row, d| {
+                            out.give((row, t.clone(), d))
+                        });
                     }
-                    Candidate::Fill(prefix) => fills.push(prefix),
                 }
-            }
-            listed.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(y.0)));
-            listed.truncate(top_k);
-            for item in fills.into_iter().flatten() {
-                if listed.len() >= top_k {
-                    break;
-                }
-                if purchased.binary_search(&item).is_err()
-                    && !listed.iter().any(|(x, _)| *x == item)
-                {
-                    listed.push((item, 0));
-                }
-            }
-            for (rank, (item, score)) in listed.into_iter().enumerate() {
-                output.push((
-                    Recommendation {
-                        rank: rank as u32 + 1,
-                        item: item.clone(),
-                        score,
-                    },
-                    1isize,
-                ));
-            }
-        },
-    )
+            },
+        )
+        .as_collection()
 }
 
 #[cfg(test)]
@@ -330,13 +583,17 @@ mod tests {
     }
 
     fn gen_touch(r: &mut Rng) -> Touch {
+        gen_touch_among(r, 30, 14)
+    }
+
+    fn gen_touch_among(r: &mut Rng, users: u64, items: u64) -> Touch {
         let kind = match r.below(10) {
             0..=5 => Interaction::View,
             6 => Interaction::RemoveFromCart,
             7 | 8 => Interaction::Cart,
             _ => Interaction::Purchase,
         };
-        (r.below(30) as u8, r.below(14) as u8, kind)
+        (r.below(users) as u8, r.below(items) as u8, kind)
     }
 
     /// The job's composition in miniature: similar items and a top category (most touches,
@@ -496,6 +753,27 @@ mod tests {
             scored_rows > 100 && fill_rows > 100,
             "{scored_rows} {fill_rows}"
         );
+    }
+
+    /// Many small epochs over more items: most users are untouched in an epoch, so a list
+    /// changes only through what the operator tracks (similar lists, category rankings read
+    /// to the user's depth).
+    #[test]
+    fn matches_oracle_over_many_small_epochs() {
+        for seed in 50..53u64 {
+            let mut rng = Rng::new(seed);
+            let updates = random_updates(&mut rng, 1200, 100, |r| gen_touch_among(r, 60, 40));
+            for workers in [1, 3] {
+                let out = run_on_workers(workers, updates.clone(), |c| build(c, 1));
+                for epoch in 0..100u64 {
+                    assert_eq!(
+                        accumulate_at(&out, epoch),
+                        oracle(&accumulate_at(&updates, epoch)),
+                        "seed {seed} workers {workers} epoch {epoch}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::rc::Rc;
 
@@ -73,9 +73,10 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Capability, InputCapability};
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
+
+use crate::timed::{fast_map, map_bytes, FastMap, FastSet, Stash};
 
 /// Fixed-point scale of [`Cosine::fixed`]: `2^40`.
 pub const FIXED_SCALE: f64 = (1u64 << 40) as f64;
@@ -178,65 +179,6 @@ impl PairStats {
         self.pairs += d.pairs;
         self.candidates += d.candidates;
         self.bytes += d.bytes;
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, FixedState>;
-type FastSet<K> = HashSet<K, FixedState>;
-
-fn fast_map<K, V>() -> FastMap<K, V> {
-    HashMap::with_hasher(FixedState::default())
-}
-
-/// Bytes a hash map's table allocates for its capacity (hashbrown: a power of two of
-/// buckets at most 7/8 full, one control byte per bucket).
-fn map_bytes<K, V>(map: &FastMap<K, V>) -> usize {
-    let cap = map.capacity();
-    if cap == 0 {
-        return 0;
-    }
-    let buckets = if cap < 8 {
-        (cap + 1).next_power_of_two()
-    } else {
-        (cap * 8 / 7).next_power_of_two()
-    };
-    buckets * (std::mem::size_of::<(K, V)>() + 1)
-}
-
-/// Updates held per time until the input frontier passes it, with a capability to emit
-/// their results at that time.
-struct Stash<T: Timestamp, D> {
-    pending: BTreeMap<T, (Capability<T>, Vec<D>)>,
-}
-
-impl<T: Timestamp + TotalOrder, D> Stash<T, D> {
-    fn new() -> Self {
-        Stash {
-            pending: BTreeMap::new(),
-        }
-    }
-
-    /// Holds `d` for `time`, which is at or after the time of `cap`.
-    fn push(&mut self, cap: &InputCapability<T>, time: &T, d: D) {
-        if let Some((_, v)) = self.pending.get_mut(time) {
-            v.push(d);
-            return;
-        }
-        // Messages always carry a stamp here (differential sends under capabilities).
-        if let Some(c) = cap.retain_least(0) {
-            self.pending
-                .insert(time.clone(), (c.delayed(time), vec![d]));
-        }
-    }
-
-    /// The earliest held time that `open` no longer admits, with its updates.
-    fn pop_complete(&mut self, open: impl Fn(&T) -> bool) -> Option<(T, Capability<T>, Vec<D>)> {
-        let t = self.pending.keys().next()?.clone();
-        if open(&t) {
-            return None;
-        }
-        let (cap, v) = self.pending.remove(&t)?;
-        Some((t, cap, v))
     }
 }
 
