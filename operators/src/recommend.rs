@@ -518,11 +518,7 @@ where
         item_users: fast_map(),
         category_users: fast_map(),
     };
-    enum Held<U, I, C> {
-        User(ByUser<U, I, C>, isize),
-        Shared(Shared<I, C>, isize),
-    }
-    let mut stash: Stash<T, Held<U, I, C>> = Stash::new();
+    let mut stash = Stash::new();
     let user_of = |(u, _, _): &(ByUser<U, I, C>, T, isize)| match u {
         ByUser::Touch(u, ..) | ByUser::TopCategory(u, _) => u.hashed(),
     };
@@ -537,25 +533,17 @@ where
                 move |(users_in, users_frontier), (shared_in, shared_frontier), output| {
                     users_in.for_each(|cap, data| {
                         for (u, t, d) in data.drain(..) {
-                            stash.push(&cap, &t, Held::User(u, d));
+                            stash.push(&cap, &t, (u, d));
                         }
                     });
                     shared_in.for_each(|cap, data| {
                         for (s, t, d) in data.drain(..) {
-                            stash.push(&cap, &t, Held::Shared(s, d));
+                            stash.push_second(&cap, &t, (s, d));
                         }
                     });
-                    while let Some((t, cap, held)) = stash.pop_complete(|t| {
+                    while let Some((t, cap, by_user, shared)) = stash.pop_complete(|t| {
                         users_frontier.less_equal(t) || shared_frontier.less_equal(t)
                     }) {
-                        let mut by_user = Vec::new();
-                        let mut shared = Vec::new();
-                        for h in held {
-                            match h {
-                                Held::User(u, d) => by_user.push((u, d)),
-                                Held::Shared(s, d) => shared.push((s, d)),
-                            }
-                        }
                         let mut out = output.session(&cap);
                         state.complete_time(by_user, shared, |row, d| {
                             out.give((row, t.clone(), d))

@@ -329,7 +329,9 @@ where
                             stash.push(&cap, &t, (ui, d));
                         }
                     });
-                    while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t)) {
+                    while let Some((t, cap, ups, _)) =
+                        stash.pop_complete(|t| frontier.less_equal(t))
+                    {
                         let (mut n, mut pairs) = (fast_map(), fast_map());
                         state.complete_time(ups, &mut n, &mut pairs);
                         let mut out = output.session(&cap);
@@ -442,7 +444,9 @@ where
                             stash.push(&cap, &t, (p, d));
                         }
                     });
-                    while let Some((t, cap, ups)) = stash.pop_complete(|t| frontier.less_equal(t)) {
+                    while let Some((t, cap, ups, _)) =
+                        stash.pop_complete(|t| frontier.less_equal(t))
+                    {
                         let mut out = output.session(&cap);
                         let delta = state.complete_time(ups, |c| out.give((c, t.clone(), 1)));
                         (stats.borrow_mut())(delta);
@@ -580,10 +584,6 @@ where
     T: Timestamp + Lattice + TotalOrder,
     I: ExchangeData + Hash,
 {
-    enum In<I> {
-        Candidate(I, I, u32),
-        Users(I, isize),
-    }
     let mut state = TopLists {
         top_k,
         n: fast_map(),
@@ -591,7 +591,7 @@ where
         listed_in: fast_map(),
         candidate_bytes: 0,
     };
-    let mut stash: Stash<T, In<I>> = Stash::new();
+    let mut stash: Stash<T, (I, I, u32), (I, isize)> = Stash::new();
     candidates
         .inner
         .binary_frontier::<_, CapacityContainerBuilder<Vec<((I, SimilarItem<I>), T, isize)>>, _, _, _, _>(
@@ -603,24 +603,20 @@ where
                 move |(cands_in, cands_frontier), (n_in, n_frontier), output| {
                     cands_in.for_each(|cap, data| {
                         for ((a, b, co), t, _) in data.drain(..) {
-                            stash.push(&cap, &t, In::Candidate(a, b, co));
+                            stash.push(&cap, &t, (a, b, co));
                         }
                     });
                     n_in.for_each(|cap, data| {
                         for (i, t, d) in data.drain(..) {
-                            stash.push(&cap, &t, In::Users(i, d));
+                            stash.push_second(&cap, &t, (i, d));
                         }
                     });
-                    while let Some((t, cap, ups)) = stash.pop_complete(|t| {
+                    while let Some((t, cap, changes, n_updates)) = stash.pop_complete(|t| {
                         cands_frontier.less_equal(t) || n_frontier.less_equal(t)
                     }) {
                         let mut n_deltas: FastMap<I, isize> = fast_map();
-                        let mut changes = Vec::new();
-                        for up in ups {
-                            match up {
-                                In::Users(i, d) => *n_deltas.entry(i).or_insert(0) += d,
-                                In::Candidate(a, b, co) => changes.push((a, b, co)),
-                            }
+                        for (i, d) in n_updates {
+                            *n_deltas.entry(i).or_insert(0) += d;
                         }
                         let mut out = output.session(&cap);
                         let delta = state.complete_time(n_deltas, changes, |row, d| {

@@ -34,42 +34,57 @@ pub(crate) fn map_bytes<K, V>(map: &FastMap<K, V>) -> usize {
     buckets * (std::mem::size_of::<(K, V)>() + 1)
 }
 
-/// Updates held per time until the input frontier passes it, with a capability to emit
-/// their results at that time.
-pub(crate) struct Stash<T: Timestamp, D> {
-    pending: BTreeMap<T, (Capability<T>, Vec<D>)>,
+/// Updates held per time until the input frontiers pass it, with a capability to emit
+/// their results at that time. Two kinds of update (`A` from a first input, `B` from a
+/// second one) are held side by side; one-input operators leave `B` as `()`.
+pub(crate) struct Stash<T: Timestamp, A, B = ()> {
+    pending: BTreeMap<T, Held<T, A, B>>,
 }
 
-impl<T: Timestamp + TotalOrder, D> Stash<T, D> {
+type Held<T, A, B> = (Capability<T>, Vec<A>, Vec<B>);
+
+/// A completed time: the time, a capability for it and the updates of both kinds.
+pub(crate) type Complete<T, A, B> = (T, Capability<T>, Vec<A>, Vec<B>);
+
+impl<T: Timestamp + TotalOrder, A, B> Stash<T, A, B> {
     pub(crate) fn new() -> Self {
         Stash {
             pending: BTreeMap::new(),
         }
     }
 
-    /// Holds `d` for `time`, which is at or after the time of `cap`.
-    pub(crate) fn push(&mut self, cap: &InputCapability<T>, time: &T, d: D) {
-        if let Some((_, v)) = self.pending.get_mut(time) {
-            v.push(d);
-            return;
-        }
-        // Messages always carry a stamp here (differential sends under capabilities).
-        if let Some(c) = cap.retain_least(0) {
+    /// The updates held for `time`, which is at or after the time of `cap`.
+    fn at(&mut self, cap: &InputCapability<T>, time: &T) -> Option<&mut Held<T, A, B>> {
+        if !self.pending.contains_key(time) {
+            // Messages always carry a stamp here (differential sends under capabilities).
+            let c = cap.retain_least(0)?;
             self.pending
-                .insert(time.clone(), (c.delayed(time), vec![d]));
+                .insert(time.clone(), (c.delayed(time), Vec::new(), Vec::new()));
+        }
+        self.pending.get_mut(time)
+    }
+
+    /// Holds `a` (of the first kind) for `time`, which is at or after the time of `cap`.
+    pub(crate) fn push(&mut self, cap: &InputCapability<T>, time: &T, a: A) {
+        if let Some(held) = self.at(cap, time) {
+            held.1.push(a);
+        }
+    }
+
+    /// Holds `b` (of the second kind) for `time`, which is at or after the time of `cap`.
+    pub(crate) fn push_second(&mut self, cap: &InputCapability<T>, time: &T, b: B) {
+        if let Some(held) = self.at(cap, time) {
+            held.2.push(b);
         }
     }
 
     /// The earliest held time that `open` no longer admits, with its updates.
-    pub(crate) fn pop_complete(
-        &mut self,
-        open: impl Fn(&T) -> bool,
-    ) -> Option<(T, Capability<T>, Vec<D>)> {
+    pub(crate) fn pop_complete(&mut self, open: impl Fn(&T) -> bool) -> Option<Complete<T, A, B>> {
         let t = self.pending.keys().next()?.clone();
         if open(&t) {
             return None;
         }
-        let (cap, v) = self.pending.remove(&t)?;
-        Some((t, cap, v))
+        let (cap, a, b) = self.pending.remove(&t)?;
+        Some((t, cap, a, b))
     }
 }
