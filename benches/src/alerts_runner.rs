@@ -46,7 +46,7 @@ pub fn run_alerts(
         let sink = Arc::clone(&sink);
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Event, isize>();
-            let rows = alerts(&events, &rules).inspect(move |(row, _t, d)| {
+            let rows = alerts(&events, &rules, |_| {}).inspect(move |(row, _t, d)| {
                 sink.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((row.clone(), *d));

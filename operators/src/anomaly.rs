@@ -1,19 +1,18 @@
-//! Anomaly detection over event-time windows: windowed counts, fixed thresholds, pure
-//! bursts, rolling baselines, and merging alerting windows into runs.
+//! Anomaly detection over event-time windows: windowed tallies and distinct counts,
+//! rolling baselines, and merging alerting windows into runs.
 //!
-//! Everything here is a function of keys and event times (milliseconds), never of arrival
-//! order or wall clock, so after every epoch each output equals the same rule applied in
-//! batch to the accumulated input: a late event updates the windows it falls in, and an
-//! alert that depends on them may appear, change or disappear (as a retraction and an
-//! insertion).
+//! Everything here is a function of keys, event times (milliseconds) and the epochs the
+//! input is cut into, never of arrival order within an epoch or of wall clock: after every
+//! epoch each output equals the same rule applied in batch to the accumulated input (with
+//! a retention, to the input each window accepted while it was open). A late event updates
+//! the windows it falls in, and an alert that depends on them may appear, change or
+//! disappear (as a retraction and an insertion).
 //!
 //! ```text
-//!  (key, time) ──bucket──▶ (key, bucket) ──explode to W windows──▶ count ──▶ ((key, window), n)
-//!                                                                                 │
-//!      windowed_counts ────────┬────────── filter n >= threshold ────────────────┤ fixed rate
-//!                              ├── pure_bursts(totals, impure counts, threshold) ┤ view-only bursts
-//!      windowed_distinct ──────┴── baseline_surges(counts, rule) ────────────────┤ surges vs baseline
-//!                                                                                 ▼
+//!  (key, (time, marked)) ──▶ windowed_tallies ──▶ ((key, window), {events, marked}) ─┬─ thresholds, bursts
+//!  (key, (time, value))  ──▶ windowed_distinct ─▶ ((key, window), distinct values) ──┤
+//!                                 windowed counts ──▶ baseline_surges(rule) ─────────┤ surges vs baseline
+//!                                                                                    ▼
 //!                                          merge_windows: runs of overlapping/touching windows
 //! ```
 //!
@@ -25,11 +24,11 @@
 //! by their bounds (`start` inclusive, `end` exclusive, in ms).
 //!
 //! # Operators
-//! - [`windowed_counts`]: per `(key, window)`, the number of events (with multiplicity: a
-//!   duplicated event counts twice). Windows with no events are absent.
+//! - [`windowed_tallies`]: per `(key, window)` with at least `min_events` events, a
+//!   [`Tally`]: the number of events (with multiplicity: a duplicated event counts twice)
+//!   and how many of them are marked (e.g. are not views, so `marked == 0` is a view-only
+//!   burst). Windows below `min_events` are absent, so thresholds cost no output.
 //! - [`windowed_distinct`]: per `(key, window)`, the number of distinct values.
-//! - [`pure_bursts`]: the windows whose count reaches a threshold and that hold no "impure"
-//!   event (e.g. all events are views).
 //! - [`baseline_surges`]: a window's count against the lower median of the non-empty
 //!   windows among the `history` windows that end at or before its start; it surges when
 //!   the count is at least `max(floor, ceil(multiplier x median))`. A window whose history
@@ -38,13 +37,28 @@
 //! - [`merge_windows`]: per key, overlapping or touching windows merged into maximal runs;
 //!   each run keeps the strongest payload of its members.
 //!
+//! # Retention
+//! Without a [`Retention`], the windowed operators never forget: state grows with the
+//! distinct `(key, bucket)` pairs seen, and every output is exactly the batch result.
+//! With `Retention { ms }`, epoch `e`'s horizon is `ms` behind the watermark of the epochs
+//! before `e` (the largest event time in them, over all workers). A window whose end is at
+//! or before the horizon is final: its output stays as it is and an update of epoch `e`
+//! changes only the windows that are still open (an event whose windows are all final is
+//! ignored and reported through the `late` callback). State is dropped as windows become
+//! final, so it is bounded by the keys active within `ms` of the watermark. The result
+//! depends on how the input is cut into epochs only for events later than `ms` behind the
+//! watermark; an event far in the future moves the watermark and closes every window
+//! behind it.
+//!
 //! # Guarantees and non-guarantees
 //! Outputs are exact and deterministic (integer arithmetic; multipliers have a resolution
-//! of 0.001) and independent of the number of workers. Nothing here forgets: state grows
-//! with the distinct `(key, bucket)` pairs seen (`windowed_counts` holds `W` counts per
-//! pair, `windowed_distinct` `W` entries per distinct `(key, bucket, value)`,
-//! `baseline_surges` `history + 1` entries per non-empty window). Bounding it needs a
-//! retention horizon, which these operators do not have.
+//! of 0.001) and independent of the number of workers. `windowed_tallies` holds, per key,
+//! its non-empty buckets; `windowed_distinct` a count per value per `(key, window)`;
+//! `baseline_surges` and `merge_windows` are differential reductions that keep
+//! `history + 1` entries per window counted and one per alerting window, forever: feed them
+//! thresholded or global windows, not one per user. The windowed operators are
+//! hand-written timely operators over hash maps (decision D15): their state lives outside
+//! differential's arrangements.
 
 use std::cmp::Ordering;
 use std::hash::Hash;
@@ -52,11 +66,11 @@ use std::hash::Hash;
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::{ExchangeData, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
-use crate::distinct::distinct_count;
-use crate::local::pre_aggregate;
+mod windowed;
+
+pub use windowed::{windowed_distinct, windowed_tallies, LateCallback, Retention, Tally};
 
 /// An event-time window: `[start, end)` in UTC milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -203,70 +217,6 @@ pub fn lower_median(values: &mut [u64]) -> Option<u64> {
     Some(values[(values.len() - 1) / 2])
 }
 
-/// Per `(key, window)`, the number of events of `key` whose time falls in the window
-/// (see the module docs). Windows with no events are absent.
-pub fn windowed_counts<'s, T, K>(
-    events: VecCollection<'s, T, (K, i64), isize>,
-    windows: Windows,
-) -> VecCollection<'s, T, ((K, Window), u64), isize>
-where
-    T: Timestamp + Lattice + TotalOrder + Hash,
-    K: ExchangeData + Hash,
-{
-    let w = windows;
-    let buckets = pre_aggregate(
-        events.map(move |(k, t)| (k, w.bucket_of(t))),
-        "WindowedCounts",
-    );
-    // A bucket's events count once in each of the W windows that include the bucket: the
-    // multiplicity (the bucket's count this epoch) rides along, so late events just add to
-    // the windows they fall in.
-    buckets
-        .explode(move |(k, b)| {
-            (0..i64::from(w.buckets)).map(move |i| ((k.clone(), w.ending_at(b + i)), 1isize))
-        })
-        .count()
-        .map(|(kw, n)| (kw, n.max(0) as u64))
-}
-
-/// Per `(key, window)`, the number of distinct values among the key's events in the window.
-/// Duplicates do not change it; windows with no events are absent.
-pub fn windowed_distinct<'s, T, K, V>(
-    events: VecCollection<'s, T, (K, (i64, V)), isize>,
-    windows: Windows,
-) -> VecCollection<'s, T, ((K, Window), u64), isize>
-where
-    T: Timestamp + Lattice + TotalOrder + Hash,
-    K: ExchangeData + Hash,
-    V: ExchangeData + Hash,
-{
-    let w = windows;
-    let pairs = events.flat_map(move |(k, (t, v))| {
-        w.containing(t)
-            .map(move |win| ((k.clone(), win), v.clone()))
-    });
-    distinct_count(pre_aggregate(pairs, "WindowedDistinct"))
-}
-
-/// The windows of `totals` (from [`windowed_counts`]) whose count is at least `threshold`
-/// and that have no record in `impure` (the [`windowed_counts`] of the events that break
-/// the burst, e.g. everything but views). Output: the window's total count.
-pub fn pure_bursts<'s, T, K>(
-    totals: VecCollection<'s, T, ((K, Window), u64), isize>,
-    impure: VecCollection<'s, T, ((K, Window), u64), isize>,
-    threshold: u64,
-) -> VecCollection<'s, T, ((K, Window), u64), isize>
-where
-    T: Timestamp + Lattice,
-    K: ExchangeData + Hash,
-{
-    // `impure` has one record per window, so its keys are distinct and the antijoin is the
-    // relational one.
-    totals
-        .filter(move |(_, n)| *n >= threshold)
-        .antijoin(impure.map(|(kw, _)| kw))
-}
-
 /// A window's role in the baseline reduction of one target window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Role {
@@ -396,6 +346,8 @@ mod tests {
     use super::*;
     use crate::testing::{accumulate_at, random_updates, run_on_workers, Rng};
     use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+    use std::sync::Arc;
 
     const W: Windows = Windows {
         bucket_ms: 10,
@@ -419,14 +371,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn as_set<D: Ord + Clone>(m: BTreeMap<D, u64>) -> BTreeMap<(D, u64), isize> {
-        m.into_iter().map(|(k, n)| ((k, n), 1)).collect()
-    }
-
-    fn gen_event(r: &mut Rng) -> (u8, i64) {
-        (r.below(4) as u8, r.below(120) as i64 - 20)
     }
 
     #[test]
@@ -461,97 +405,162 @@ mod tests {
         assert_eq!(lower_median(&mut []), None);
     }
 
-    #[test]
-    fn counts_match_oracle_with_retractions_on_1_and_3_workers() {
-        for seed in 0..5u64 {
-            let mut rng = Rng::new(seed);
-            let updates = random_updates(&mut rng, 500, 6, gen_event);
-            for workers in [1, 3] {
-                let out = run_on_workers(workers, updates.clone(), |c| windowed_counts(c, W));
-                for epoch in 0..6u64 {
-                    let expected = as_set(oracle_counts(&accumulate_at(&updates, epoch), W));
-                    assert_eq!(
-                        accumulate_at(&out, epoch),
-                        expected,
-                        "seed {seed} workers {workers} epoch {epoch}"
-                    );
+    /// An update of `(key, payload)` at an epoch, as the runner takes them.
+    type Update<P> = ((u8, P), u64, isize);
+
+    /// The horizon of `epoch` in the sequential oracles: `retention` behind the largest
+    /// time of any update of an earlier epoch.
+    fn oracle_horizon<D>(
+        updates: &[(D, u64, isize)],
+        time: impl Fn(&D) -> i64,
+        retention: Option<i64>,
+        epoch: u64,
+    ) -> Option<i64> {
+        let watermark = updates
+            .iter()
+            .filter(|u| u.1 < epoch)
+            .map(|u| time(&u.0))
+            .max();
+        Some(watermark? - retention?)
+    }
+
+    /// Plain sequential, epoch by epoch: each update of `(key, (time, marked))` counts in
+    /// the windows containing its time that are still open at its epoch; the windows with
+    /// at least `min` events at `epoch`.
+    fn oracle_tallies(
+        updates: &[Update<(i64, bool)>],
+        w: Windows,
+        min: u64,
+        retention: Option<i64>,
+        epoch: u64,
+    ) -> BTreeMap<((u8, Window), Tally), isize> {
+        let mut sums: BTreeMap<(u8, Window), (isize, isize)> = BTreeMap::new();
+        for ((k, (t, marked)), e, d) in updates.iter().filter(|u| u.1 <= epoch) {
+            let horizon = oracle_horizon(updates, |x| x.1 .0, retention, *e);
+            for win in w.containing(*t) {
+                if horizon.is_some_and(|h| win.end <= h) {
+                    continue;
+                }
+                let sum = sums.entry((*k, win)).or_default();
+                sum.0 += d;
+                if *marked {
+                    sum.1 += d;
                 }
             }
         }
+        sums.into_iter()
+            .filter(|(_, (n, _))| *n >= min as isize)
+            .map(|(kw, (n, m))| {
+                let tally = Tally {
+                    events: n as u64,
+                    marked: m as u64,
+                };
+                ((kw, tally), 1)
+            })
+            .collect()
+    }
+
+    /// Random `(key, (time, marked))` whose times drift forward as the stream goes on
+    /// (about 30 per epoch of 6) with up to 60 of lateness, so a retention of 25 closes
+    /// windows while late events still arrive for them.
+    fn drifting_updates(seed: u64, n: usize) -> Vec<Update<(i64, bool)>> {
+        let mut rng = Rng::new(seed);
+        let mut fresh = 0i64;
+        random_updates(&mut rng, n, 6, |r| {
+            fresh += 1;
+            let t = fresh * 180 / n as i64 - r.below(60) as i64;
+            (r.below(4) as u8, (t, r.below(5) == 0))
+        })
     }
 
     #[test]
-    fn distinct_match_oracle_with_retractions_on_1_and_3_workers() {
-        for seed in 0..5u64 {
-            let mut rng = Rng::new(seed);
-            let updates = random_updates(&mut rng, 500, 6, |r| {
-                let (k, t) = gen_event(r);
-                (k, (t, r.below(5) as u8))
-            });
-            for workers in [1, 3] {
-                let out = run_on_workers(workers, updates.clone(), |c| windowed_distinct(c, W));
-                for epoch in 0..6u64 {
-                    let mut sets: BTreeMap<(u8, Window), BTreeSet<u8>> = BTreeMap::new();
-                    for ((k, (t, v)), d) in accumulate_at(&updates, epoch) {
-                        assert!(d > 0);
-                        for win in W.containing(t) {
-                            sets.entry((k, win)).or_default().insert(v);
-                        }
+    fn tallies_match_oracle_with_retractions_and_retention_on_1_and_3_workers() {
+        for seed in 0..4u64 {
+            let updates = drifting_updates(seed, 500);
+            for (min, retention) in [(1, None), (4, None), (1, Some(25)), (3, Some(0))] {
+                for workers in [1, 3] {
+                    let late = Arc::new(AtomicU64::new(0));
+                    let seen = Arc::clone(&late);
+                    let out = run_on_workers(workers, updates.clone(), move |c| {
+                        let seen = Arc::clone(&seen);
+                        let report: LateCallback = Box::new(move |n| {
+                            seen.fetch_add(n, AtomicOrdering::Relaxed);
+                        });
+                        windowed_tallies(
+                            c,
+                            W,
+                            min,
+                            retention.map(|ms| Retention { ms }),
+                            Some(report),
+                        )
+                    });
+                    for epoch in 0..6u64 {
+                        assert_eq!(
+                            accumulate_at(&out, epoch),
+                            oracle_tallies(&updates, W, min, retention, epoch),
+                            "seed {seed} workers {workers} min {min} retention {retention:?} epoch {epoch}"
+                        );
                     }
-                    let expected =
-                        as_set(sets.into_iter().map(|(k, s)| (k, s.len() as u64)).collect());
-                    assert_eq!(
-                        accumulate_at(&out, epoch),
-                        expected,
-                        "seed {seed} workers {workers} epoch {epoch}"
-                    );
+                    // Some updates did fall only in final windows, and were reported.
+                    let expect_late = retention.is_some();
+                    assert_eq!(late.load(AtomicOrdering::Relaxed) > 0, expect_late);
                 }
             }
         }
     }
 
     #[test]
-    fn pure_bursts_match_oracle_on_1_and_3_workers() {
-        // (key, (time, pure)): a window bursts with >= 4 events, all pure.
-        for seed in 0..5u64 {
-            let mut rng = Rng::new(seed);
-            let updates = random_updates(&mut rng, 400, 6, |r| {
-                let (k, t) = gen_event(r);
-                (k, (t, r.below(6) != 0))
-            });
-            for workers in [1, 3] {
-                let out = run_on_workers(workers, updates.clone(), |c| {
-                    let totals = windowed_counts(c.clone().map(|(k, (t, _))| (k, t)), W);
-                    let impure =
-                        windowed_counts(c.filter(|(_, (_, p))| !*p).map(|(k, (t, _))| (k, t)), W);
-                    pure_bursts(totals, impure, 4)
-                });
-                for epoch in 0..6u64 {
-                    let acc = accumulate_at(&updates, epoch);
-                    let all: BTreeMap<(u8, i64), isize> =
-                        acc.iter().fold(BTreeMap::new(), |mut m, ((k, (t, _)), d)| {
-                            *m.entry((*k, *t)).or_default() += d;
-                            m
-                        });
-                    let impure: BTreeMap<(u8, i64), isize> = acc
-                        .iter()
-                        .filter(|((_, (_, p)), _)| !*p)
-                        .fold(BTreeMap::new(), |mut m, ((k, (t, _)), d)| {
-                            *m.entry((*k, *t)).or_default() += d;
-                            m
-                        });
-                    let impure = oracle_counts(&impure, W);
-                    let expected = as_set(
-                        oracle_counts(&all, W)
+    fn tally_marks_find_unmarked_bursts() {
+        // A view-only burst is a window with enough events and none marked: the oracle's
+        // tallies give them, and the operator's must agree window for window.
+        let updates = drifting_updates(9, 400);
+        let out = run_on_workers(3, updates.clone(), |c| {
+            windowed_tallies(c, W, 4, None, None).filter(|(_, t)| t.marked == 0)
+        });
+        let expected: BTreeMap<_, _> = oracle_tallies(&updates, W, 4, None, 5)
+            .into_iter()
+            .filter(|((_, t), _)| t.marked == 0)
+            .collect();
+        assert!(!expected.is_empty(), "the test data should burst somewhere");
+        assert_eq!(accumulate_at(&out, 5), expected);
+    }
+
+    #[test]
+    fn distinct_match_oracle_with_retractions_and_retention_on_1_and_3_workers() {
+        for seed in 0..4u64 {
+            let updates: Vec<Update<(i64, u8)>> = drifting_updates(seed, 500)
+                .into_iter()
+                .map(|((k, (t, m)), e, d)| ((k, (t, u8::from(m) + (t.rem_euclid(3) as u8))), e, d))
+                .collect();
+            for retention in [None, Some(25)] {
+                for workers in [1, 3] {
+                    let out = run_on_workers(workers, updates.clone(), move |c| {
+                        windowed_distinct(c, W, retention.map(|ms| Retention { ms }), None)
+                    });
+                    for epoch in 0..6u64 {
+                        // Per window, each value's multiplicity over the updates it accepted.
+                        let mut sets: BTreeMap<(u8, Window), BTreeMap<u8, isize>> = BTreeMap::new();
+                        for ((k, (t, v)), e, d) in updates.iter().filter(|u| u.1 <= epoch) {
+                            let horizon = oracle_horizon(&updates, |x| x.1 .0, retention, *e);
+                            for win in W.containing(*t) {
+                                if horizon.is_some_and(|h| win.end <= h) {
+                                    continue;
+                                }
+                                *sets.entry((*k, win)).or_default().entry(*v).or_default() += d;
+                            }
+                        }
+                        let expected: BTreeMap<((u8, Window), u64), isize> = sets
                             .into_iter()
-                            .filter(|(kw, n)| *n >= 4 && !impure.contains_key(kw))
-                            .collect(),
-                    );
-                    assert_eq!(
-                        accumulate_at(&out, epoch),
-                        expected,
-                        "seed {seed} workers {workers} epoch {epoch}"
-                    );
+                            .map(|(kw, s)| (kw, s.values().filter(|n| **n > 0).count() as u64))
+                            .filter(|(_, n)| *n > 0)
+                            .map(|x| (x, 1))
+                            .collect();
+                        assert_eq!(
+                            accumulate_at(&out, epoch),
+                            expected,
+                            "seed {seed} workers {workers} retention {retention:?} epoch {epoch}"
+                        );
+                    }
                 }
             }
         }
@@ -631,7 +640,9 @@ mod tests {
                 });
                 for workers in [1, 3] {
                     let out = run_on_workers(workers, updates.clone(), move |c| {
-                        baseline_surges(windowed_counts(c, w), w, rule)
+                        let counts =
+                            windowed_tallies(c.map(|(k, t)| (k, (t, false))), w, 1, None, None);
+                        baseline_surges(counts.map(|(kw, t)| (kw, t.events)), w, rule)
                     });
                     let mut any = false;
                     for epoch in 0..6u64 {

@@ -182,7 +182,15 @@ impl Job for CustomerAnalytics {
             df.sink("brand_daily", tables::brands::brand_daily(&events))?;
         }
         if df.wants("alerts") {
-            df.sink("alerts", tables::alerts::alerts(&events, &alert_rules))?;
+            let late = df.registry().counter(
+                "cap_alerts_late_updates_total",
+                "event updates that fell only in alert windows already final (later than job.alerts.retention_ms behind the watermark)",
+                vec![("worker", df.worker_index().to_string())],
+            );
+            df.sink(
+                "alerts",
+                tables::alerts::alerts(&events, &alert_rules, move |n| late.add(n)),
+            )?;
         }
 
         let traits = any(

@@ -2,13 +2,13 @@
 //!
 //! ```text
 //!  events ─ (time, user, ip, is_view)
-//!    ├─ (user:U | ip:I, time) ── windowed_counts(bot windows) ─┬─ user >= bot_user_events ──── bot/user_rate ─┐
-//!    │                                                          ├─ ip   >= bot_ip_events ────── bot/ip_rate ───┤
-//!    ├─ (user:U, time) of non-views ── windowed_counts ─────────┴─ pure_bursts(user totals) ─── bot/view_burst ┤
-//!    ├─ (global, time) ── windowed_counts(global windows) ── baseline_surges ─┬─ rate surge ∧ ips surge: ddos ─┤
-//!    └─ (global, (time, ip)) ── windowed_distinct ─────────── baseline_surges ─┴─ rate surge ∧ ¬ips: spike ────┤
-//!                                                                                                             ▼
-//!                               merge_windows per (kind, subject) ── alert_id, severity ──▶ alerts
+//!    ├─ (user:U | ip:I, (time, not a view)) ── windowed_tallies(bot windows) ─┬─ user events >= bot_user_events ── bot/user_rate ─┐
+//!    │                                                                         ├─ ip events >= bot_ip_events ────── bot/ip_rate ───┤
+//!    │                                                                         └─ user events >= burst, none marked  bot/view_burst ┤
+//!    ├─ (global, time) ── windowed_tallies(global windows) ── baseline_surges ─┬─ rate surge ∧ ips surge: ddos ─────────────────────┤
+//!    └─ (global, (time, ip)) ── windowed_distinct ──────────── baseline_surges ─┴─ rate surge ∧ ¬ips: spike ────────────────────────┤
+//!                                                                                                                                  ▼
+//!                                                    merge_windows per (kind, subject) ── alert_id, severity ──▶ alerts
 //! ```
 //!
 //! Rules (defaults in [`AlertSettings`]; `docs/output-contract.md` states them in full):
@@ -33,19 +33,25 @@
 //!
 //! Events without an ip count for users and the global rate, not for ip rules. Every row
 //! is a function of the events read so far (streaming equals batch): a late event can
-//! create, change or remove an alert. Not built here: `pipeline` alerts (they need the
+//! create, change or remove an alert, as long as it is less than `retention_ms` (one hour)
+//! behind the watermark of the epochs before it. A window ending more than `retention_ms`
+//! behind the watermark is final: later events no longer change it (they are counted in
+//! `cap_alerts_late_updates_total`) and its state is dropped, so memory follows the
+//! subjects active in the last hour, not the whole history. `retention_ms = 0` keeps every
+//! window open (exact for any lateness, unbounded state). Not built here: `pipeline` alerts (they need the
 //! engine's lag metrics and depend on wall clock) and notifications.
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use cap_connectors::clickstream::{Event, EventType};
 use cap_engine::config::ConfigError;
 use cap_engine::sink::TableRow;
 use cap_engine::time::UtcTime;
 use cap_operators::anomaly::{
-    baseline_surges, merge_windows, pure_bursts, windowed_counts, windowed_distinct, BaselineRule,
-    Multiplier, Surge, Window, Windows,
+    baseline_surges, merge_windows, windowed_distinct, windowed_tallies, BaselineRule,
+    LateCallback, Multiplier, Retention, Surge, Window, Windows,
 };
 use compact_str::CompactString;
 use differential_dataflow::VecCollection;
@@ -83,6 +89,12 @@ pub struct AlertSettings {
     pub global_min_ips: u64,
     /// `critical` when observed >= `critical_ratio` x threshold (default 2.0).
     pub critical_ratio: f64,
+    /// How long windows stay open behind the watermark, in ms (default 3 600 000: one
+    /// hour). Events later than that change no alert (they are counted in
+    /// `cap_alerts_late_updates_total`), and the state of final windows is dropped, so
+    /// memory follows the subjects active within it. 0 keeps every window open forever:
+    /// exact for any lateness, with state that grows with the whole history.
+    pub retention_ms: i64,
 }
 
 impl Default for AlertSettings {
@@ -101,6 +113,7 @@ impl Default for AlertSettings {
             ip_multiplier: 1.2,
             global_min_ips: 50,
             critical_ratio: 2.0,
+            retention_ms: 3_600_000,
         }
     }
 }
@@ -124,6 +137,8 @@ pub struct AlertRules {
     pub ips: BaselineRule,
     /// Severity boundary.
     pub critical: Multiplier,
+    /// How long windows stay open behind the watermark (`None`: forever).
+    pub retention: Option<Retention>,
 }
 
 fn invalid(key: &str, reason: String) -> ConfigError {
@@ -194,6 +209,15 @@ impl AlertSettings {
                 ),
             ));
         }
+        if self.retention_ms != 0 && !(60_000..=30 * 86_400_000).contains(&self.retention_ms) {
+            return Err(invalid(
+                "retention_ms",
+                format!(
+                    "must be 0 (keep every window open) or in 60000..=2592000000 ms (one minute to 30 days), got {}",
+                    self.retention_ms
+                ),
+            ));
+        }
         let windows_err = |key: &str| invalid(key, "is not a valid window".into());
         Ok(AlertRules {
             bot_windows: Windows::new(self.bot_bucket_ms, self.bot_window_buckets)
@@ -216,6 +240,9 @@ impl AlertSettings {
                 floor: at_least_one("global_min_ips", self.global_min_ips)?,
             },
             critical: multiplier("critical_ratio", self.critical_ratio)?,
+            retention: (self.retention_ms > 0).then_some(Retention {
+                ms: self.retention_ms,
+            }),
         })
     }
 }
@@ -342,7 +369,7 @@ pub enum Subject {
     /// A user id.
     User(u64),
     /// A client ip.
-    Ip(CompactString),
+    Ip(IpKey),
 }
 
 impl fmt::Display for Subject {
@@ -351,6 +378,37 @@ impl fmt::Display for Subject {
             Subject::Global => f.write_str("global"),
             Subject::User(u) => write!(f, "user:{u}"),
             Subject::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
+/// A client ip as the detectors key it: a dotted-quad IPv4 address as its 32 bits (cheap
+/// to hash, compare and exchange), anything else as its text. Displayed as the text read:
+/// std's parser accepts only the canonical dotted quad (no leading zeros), which is what
+/// `Ipv4Addr` prints back.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IpKey {
+    /// An IPv4 address.
+    V4(u32),
+    /// Any other ip text (IPv6, or not an address at all).
+    Text(CompactString),
+}
+
+impl IpKey {
+    /// The key of an event's ip text.
+    pub fn of(text: &str) -> IpKey {
+        match text.parse::<Ipv4Addr>() {
+            Ok(a) => IpKey::V4(u32::from(a)),
+            Err(_) => IpKey::Text(text.into()),
+        }
+    }
+}
+
+impl fmt::Display for IpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpKey::V4(bits) => write!(f, "{}", Ipv4Addr::from(*bits)),
+            IpKey::Text(t) => f.write_str(t),
         }
     }
 }
@@ -377,57 +435,73 @@ pub fn stronger(a: &Finding, b: &Finding) -> Ordering {
 struct Signal {
     time: i64,
     user: u64,
-    ip: Option<CompactString>,
+    ip: Option<IpKey>,
     view: bool,
 }
 
 type Candidate = ((AlertKind, Subject), (Window, Finding));
 
-/// The `alerts` rows of `events` under `rules` (see the module docs).
+/// The `alerts` rows of `events` under `rules` (see the module docs). `late` hears, per
+/// epoch and worker, of the updates that fell only in windows already final (with a
+/// retention).
 pub fn alerts<'s>(
     events: &VecCollection<'s, u64, Event>,
     rules: &AlertRules,
+    late: impl Fn(u64) + Clone + 'static,
 ) -> VecCollection<'s, u64, AlertRow> {
     let r = *rules;
+    let report = || -> Option<LateCallback> { Some(Box::new(late.clone())) };
     let signals = events.clone().map(|e| Signal {
         time: e.event_time,
         user: e.user_id,
-        ip: e.ip.clone(),
+        ip: e.ip.as_deref().map(IpKey::of),
         view: e.event_type == EventType::View,
     });
 
-    // bot: fixed thresholds per user and per ip, and view-only bursts per user.
-    let subject_times = signals.clone().flat_map(|s| {
-        let ip = s.ip.map(|ip| (Subject::Ip(ip), s.time));
-        std::iter::once((Subject::User(s.user), s.time)).chain(ip)
+    // bot: fixed thresholds per user and per ip, and view-only bursts per user. Events
+    // are marked when they are not views, so a burst is a window with no marked event.
+    let subject_events = signals.clone().flat_map(|s| {
+        let marked = !s.view;
+        let ip = s.ip.map(|ip| (Subject::Ip(ip), (s.time, marked)));
+        std::iter::once((Subject::User(s.user), (s.time, marked))).chain(ip)
     });
-    let totals = windowed_counts(subject_times, r.bot_windows);
-    let rates = totals.clone().flat_map(move |((subject, w), n)| {
-        let (rule, threshold) = match subject {
-            Subject::User(_) => (Rule::UserRate, r.user_events),
-            Subject::Ip(_) => (Rule::IpRate, r.ip_events),
-            Subject::Global => return None,
+    let least = r.user_events.min(r.ip_events).min(r.view_burst_events);
+    let tallies = windowed_tallies(subject_events, r.bot_windows, least, r.retention, report());
+    let bots = tallies.flat_map(move |((subject, w), t)| {
+        let found = match subject {
+            Subject::User(_) => [
+                (t.events >= r.user_events).then_some((Rule::UserRate, r.user_events)),
+                (t.events >= r.view_burst_events && t.marked == 0)
+                    .then_some((Rule::ViewBurst, r.view_burst_events)),
+            ],
+            Subject::Ip(_) => [
+                (t.events >= r.ip_events).then_some((Rule::IpRate, r.ip_events)),
+                None,
+            ],
+            Subject::Global => [None, None],
         };
-        (n >= threshold).then_some(bot(subject, w, rule, n, threshold))
+        found
+            .into_iter()
+            .flatten()
+            .map(move |(rule, threshold)| bot(subject.clone(), w, rule, t.events, threshold))
     });
-    let user_totals = totals.filter(|((s, _), _)| matches!(s, Subject::User(_)));
-    let non_views = windowed_counts(
-        signals
-            .clone()
-            .filter(|s| !s.view)
-            .map(|s| (Subject::User(s.user), s.time)),
-        r.bot_windows,
-    );
-    let bursts = pure_bursts(user_totals, non_views, r.view_burst_events)
-        .map(move |((subject, w), n)| bot(subject, w, Rule::ViewBurst, n, r.view_burst_events));
 
     // Global: the event rate and distinct ips, each against its baseline.
-    let global_counts = windowed_counts(signals.clone().map(|s| ((), s.time)), r.global_windows);
+    let global_counts = windowed_tallies(
+        signals.clone().map(|s| ((), (s.time, false))),
+        r.global_windows,
+        1,
+        r.retention,
+        report(),
+    )
+    .map(|(kw, t)| (kw, t.events));
     let rate_surges =
         baseline_surges(global_counts, r.global_windows, r.rate).map(|(((), w), s)| (w, s));
     let ip_counts = windowed_distinct(
         signals.flat_map(|s| s.ip.map(|ip| ((), (s.time, ip)))),
         r.global_windows,
+        r.retention,
+        report(),
     );
     let ip_surges = baseline_surges(ip_counts, r.global_windows, r.ips).map(|(((), w), s)| (w, s));
     let surging_rate = rate_surges.clone().map(|(w, _)| w);
@@ -439,7 +513,7 @@ pub fn alerts<'s>(
         .antijoin(ip_surges.map(|(w, _)| w))
         .map(|(w, s)| global(AlertKind::TrafficSpike, w, Rule::GlobalRate, s));
 
-    let candidates = rates.concat(bursts).concat(ddos).concat(spikes);
+    let candidates = bots.concat(ddos).concat(spikes);
     merge_windows(candidates, stronger).map(move |((kind, subject), (w, f))| {
         let subject = subject.to_string();
         let severity = if u128::from(f.observed) * 1000
@@ -548,6 +622,27 @@ mod tests {
     }
 
     #[test]
+    fn ip_keys_print_the_text_they_were_read_from() {
+        for text in [
+            "192.0.2.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "2001:db8::1",
+            "10.01.2.3",
+            "not an ip",
+            "",
+        ] {
+            assert_eq!(IpKey::of(text).to_string(), text, "{text}");
+        }
+        assert!(matches!(IpKey::of("192.0.2.1"), IpKey::V4(0xC000_0201)));
+        assert!(matches!(IpKey::of("10.01.2.3"), IpKey::Text(_)));
+        assert_eq!(
+            Subject::Ip(IpKey::of("192.0.2.1")).to_string(),
+            "ip:192.0.2.1"
+        );
+    }
+
+    #[test]
     fn invalid_settings_name_the_key() {
         let bad = |f: fn(&mut AlertSettings)| {
             let mut s = AlertSettings::default();
@@ -579,5 +674,12 @@ mod tests {
             bad(|s| s.bot_window_buckets = 0),
             "job.alerts.bot_window_buckets"
         );
+        assert_eq!(bad(|s| s.retention_ms = 5), "job.alerts.retention_ms");
+        assert_eq!(bad(|s| s.retention_ms = -1), "job.alerts.retention_ms");
+        let forever = AlertSettings {
+            retention_ms: 0,
+            ..AlertSettings::default()
+        };
+        assert!(matches!(forever.rules().map(|r| r.retention), Ok(None)));
     }
 }
