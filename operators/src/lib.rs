@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`distinct::distinct_count`] | per key, the number of distinct values present |
 //! | [`funnel::funnel_units`], [`funnel::funnel_step_stats`] | PostHog-style funnels (ordered, strict, unordered; window, exclusions, first-touch breakdown): per unit the counted path; per bucket, breakdown and step the units, conversions and median time to convert |
-//! | [`anomaly::windowed_counts`], [`anomaly::baseline_surges`], [`anomaly::merge_windows`] | event-time window counts, rolling-baseline surges, runs of alerting windows |
+//! | [`anomaly::windowed_tallies`], [`anomaly::baseline_surges`], [`anomaly::merge_windows`] | event-time window counts with a retention horizon, rolling-baseline surges, runs of alerting windows |
 //! | [`local::pre_aggregate`] | per worker, consolidates an epoch's updates before they are exchanged |
 //! | [`aggregate::sum_by_key`] | per key, the sum of monoid contributions such as [`counters!`] structs |
 //! | [`topk::top_k`] | per group, the k first values under a total order, ranked 1..=k |

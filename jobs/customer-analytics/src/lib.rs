@@ -13,7 +13,7 @@
 //!                          ├─ sum_by_key per session ─ per day ────────────────────────▶ cart_abandonment_daily
 //!                          ├─ sum_by_key (hour|weekday, category) ─ top_k(10) ─────────▶ category_hourly, category_weekday
 //!                          ├─ sum_by_key (day, brand) ─────────────────────────────────▶ brand_daily
-//!                          ├─ windowed_counts / distinct / baseline_surges ─ merge ────▶ alerts
+//!                          ├─ windowed_tallies / distinct / baseline_surges ─ merge ───▶ alerts
 //!                          ├─ traits (sums, min/max, distinct, top-1) ─ combine ──┬────▶ customer_traits
 //!                          │                                                      ├─ segments(rules, watermark) ─▶ segments
 //!                          │                                                      ├─ kmeans_segments ─▶ customer_clusters,
