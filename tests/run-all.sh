@@ -19,6 +19,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked || true
 fi
 
+# tansu, a Kafka-compatible broker written in Rust (crates.io), is the real broker of the
+# Kafka tests (tests/src/tansu.rs). Built once per machine: about 15-20 minutes on 2 cores.
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+    log "installing the tansu broker (once per machine; about 15-20 minutes on 2 cores)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql \
+        || echo "warning: could not install tansu; the Kafka tests will fail" >&2
+fi
+
 # Python test dependencies: scikit-learn (from PyPI) for the k-means quality comparison in
 # tests/e2e_clusters.rs. Installed only when missing; the test itself fails if it cannot be.
 if command -v python3 >/dev/null 2>&1 && ! python3 -c "import sklearn, numpy" >/dev/null 2>&1; then

@@ -37,6 +37,7 @@ pub mod file;
 pub mod generate_cmd;
 pub mod generator;
 pub mod json_order;
+pub mod kafka;
 pub mod sinks;
 
 use clickstream::Event;

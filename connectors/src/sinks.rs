@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use cap_engine::config::SinkConfig;
 use cap_engine::sink::{Change, SinkError, SinkFactory, TableWriter};
 
+use crate::kafka::KafkaChangelogSink;
+
 use crate::json_order::JsonKey;
 
 fn io_err(table: &str, what: String, cause: std::io::Error) -> SinkError {
@@ -163,7 +165,7 @@ impl TableWriter for NullSink {
     }
 }
 
-/// Opens sinks by `kind`: `file` or `null`.
+/// Opens sinks by `kind`: `file`, `null` or `kafka`.
 pub struct FileAndNullSinks;
 
 impl SinkFactory for FileAndNullSinks {
@@ -171,9 +173,10 @@ impl SinkFactory for FileAndNullSinks {
         match config.kind.as_str() {
             "file" => Ok(Box::new(JsonLinesSink::open(table, &config.dir, config.snapshot_interval_ms)?)),
             "null" => Ok(Box::new(NullSink)),
+            "kafka" => Ok(Box::new(KafkaChangelogSink::open(table, &config.kafka)?)),
             other => Err(SinkError {
                 table: table.to_owned(),
-                what: format!("sinks.kind `{other}` is not a sink this build has (expected `file` or `null`; kafka and parquet arrive with their own connectors)"),
+                what: format!("sinks.kind `{other}` is not a sink this build has (expected `file`, `null` or `kafka`; parquet arrives with its own connector)"),
                 cause: None,
             }),
         }

@@ -186,6 +186,8 @@ pub struct SinkConfig {
     pub dir: PathBuf,
     /// Milliseconds between snapshot rewrites of the file sink (the final one is always written).
     pub snapshot_interval_ms: u64,
+    /// The Kafka sink's settings (`[sinks.kafka]`), read when `kind = "kafka"`.
+    pub kafka: KafkaSinkConfig,
 }
 
 impl Default for SinkConfig {
@@ -194,6 +196,41 @@ impl Default for SinkConfig {
             kind: "file".into(),
             dir: PathBuf::from("out"),
             snapshot_interval_ms: 5000,
+            kafka: KafkaSinkConfig::default(),
+        }
+    }
+}
+
+/// Where the Kafka sink writes: each table is the changelog topic `<topic_prefix><table>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, comma separated (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    /// Prefix of every output topic (default `cap.`).
+    pub topic_prefix: String,
+    /// Create a missing output topic with this many partitions (0: never create; the topic
+    /// must exist).
+    pub create_partitions: i32,
+    /// Replication factor of created topics.
+    pub create_replication: i32,
+    /// How long one epoch's delivery may wait for the brokers before the job logs and
+    /// keeps waiting, in ms.
+    pub delivery_warn_ms: u64,
+    /// librdkafka properties passed through as they are (`security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, `compression.type`, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        KafkaSinkConfig {
+            brokers: "localhost:9092".into(),
+            topic_prefix: "cap.".into(),
+            create_partitions: 3,
+            create_replication: 1,
+            delivery_warn_ms: 10_000,
+            properties: BTreeMap::new(),
         }
     }
 }

@@ -23,6 +23,8 @@ use serde_json::Value;
 
 pub mod batch_aggregates;
 pub mod batch_clusters;
+pub mod kafka_read;
+pub mod tansu;
 
 /// The `customer-analytics` binary of this build, rebuilt first with the workspace build
 /// (a no-op when it is up to date) so a test never runs a stale binary.

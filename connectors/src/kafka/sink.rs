@@ -1,0 +1,241 @@
+//! The Kafka changelog sink: every table is a keyed, compactable topic.
+//!
+//! ```text
+//!  write_epoch(e, changes sorted by key)
+//!    └─ per change i: key = primary-key JSON, value = row JSON or none (tombstone),
+//!       headers cap.epoch = e, cap.seq = i  ──idempotent producer──▶ <prefix><table>
+//!    └─ flush: wait until the broker acknowledged every message of the epoch
+//! ```
+//!
+//! Guarantees: an epoch's changes are produced in key order and `write_epoch` returns only
+//! when every one of them is acknowledged (`acks=all`, idempotent producer, so librdkafka's
+//! retries neither lose nor duplicate nor reorder within a partition). While the brokers
+//! are unreachable the writer waits, logging every `delivery_warn_ms`, and resumes when they
+//! are back: nothing is dropped. A message the broker rejects for good (too large, no such
+//! topic, not authorized) fails the epoch with the table, the key and the broker's reason.
+//! Partitioning is by key with Java's murmur2 partitioner, so other Kafka clients that
+//! partition by the same key agree. The `cap.epoch`/`cap.seq` headers let a restarted
+//! writer find what it already published (the fault-tolerance design).
+//!
+//! Non-guarantees: no Kafka transactions (so readers with `read_committed` see the same as
+//! others); a crash between produce and flush may leave part of an epoch published, which
+//! the replay skips by its headers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cap_engine::config::KafkaSinkConfig;
+use cap_engine::sink::{Change, SinkError, TableWriter};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use tracing::{info, warn};
+
+/// Header naming the epoch of a change.
+pub const EPOCH_HEADER: &str = "cap.epoch";
+/// Header numbering a change within its epoch's key order (from 0).
+pub const SEQ_HEADER: &str = "cap.seq";
+
+/// The client configuration shared by the sink's producer and admin client: the brokers,
+/// then the passed-through properties (which may override anything but the brokers).
+pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Delivery reports of one producer: how many are outstanding, the permanent failures.
+#[derive(Default)]
+struct Deliveries {
+    failures: Mutex<Vec<String>>,
+}
+
+struct DeliveryContext(Arc<Deliveries>);
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Err((e, msg)) = result {
+            let key = msg
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let mut failures = self.0.failures.lock().unwrap_or_else(|p| p.into_inner());
+            failures.push(format!("key {key}: {e}"));
+        }
+    }
+}
+
+/// Writes one table's changes to its changelog topic (see the module docs).
+pub struct KafkaChangelogSink {
+    table: String,
+    topic: String,
+    producer: BaseProducer<DeliveryContext>,
+    deliveries: Arc<Deliveries>,
+    warn_after: Duration,
+}
+
+impl KafkaChangelogSink {
+    /// Connects the producer for `table`, creating its topic when it is missing and
+    /// `create_partitions > 0`.
+    pub fn open(table: &str, cfg: &KafkaSinkConfig) -> Result<Self, SinkError> {
+        let err = |what: String| SinkError {
+            table: table.to_owned(),
+            what,
+            cause: None,
+        };
+        if cfg.brokers.trim().is_empty() {
+            return Err(err("sinks.kafka.brokers is empty".into()));
+        }
+        let topic = format!("{}{}", cfg.topic_prefix, table);
+        if cfg.create_partitions > 0 {
+            create_topic(&topic, cfg).map_err(|e| {
+                err(format!(
+                    "cannot create topic `{topic}` on {}: {e}",
+                    cfg.brokers
+                ))
+            })?;
+        }
+        let deliveries = Arc::new(Deliveries::default());
+        let mut c = client_config(cfg);
+        // Exactly once per partition and in order: idempotence implies acks=all and
+        // bounded in-flight requests; retries go on until flush gives up, which it never does.
+        c.set("enable.idempotence", "true")
+            .set("message.timeout.ms", "0")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5");
+        let producer = c
+            .create_with_context(DeliveryContext(Arc::clone(&deliveries)))
+            .map_err(|e| err(format!("cannot create the producer for `{topic}`: {e}")))?;
+        info!(table, topic, brokers = %cfg.brokers, "kafka sink ready");
+        Ok(KafkaChangelogSink {
+            table: table.to_owned(),
+            topic,
+            producer,
+            deliveries,
+            warn_after: Duration::from_millis(cfg.delivery_warn_ms.max(1)),
+        })
+    }
+
+    fn error(&self, what: String) -> SinkError {
+        SinkError {
+            table: self.table.clone(),
+            what,
+            cause: None,
+        }
+    }
+
+    /// Waits until every produced message is acknowledged, however long the brokers take.
+    fn flush(&self, epoch: u64) -> Result<(), SinkError> {
+        let started = Instant::now();
+        loop {
+            match self.producer.flush(self.warn_after) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => warn!(
+                    table = %self.table,
+                    topic = %self.topic,
+                    epoch,
+                    waiting_s = started.elapsed().as_secs(),
+                    in_flight = self.producer.in_flight_count(),
+                    "kafka sink: brokers have not acknowledged the epoch yet; waiting"
+                ),
+                Err(e) => return Err(self.error(format!("flush of epoch {epoch}: {e}"))),
+            }
+        }
+        let failures = std::mem::take(
+            &mut *self
+                .deliveries
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if let Some(first) = failures.first() {
+            return Err(self.error(format!(
+                "epoch {epoch}: {} change(s) rejected by the broker on topic `{}`, first: {first}",
+                failures.len(),
+                self.topic
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl TableWriter for KafkaChangelogSink {
+    fn write_epoch(&mut self, epoch: u64, changes: &[Change]) -> Result<(), SinkError> {
+        let epoch_text = epoch.to_string();
+        for (seq, change) in changes.iter().enumerate() {
+            let seq_text = seq.to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: EPOCH_HEADER,
+                    value: Some(epoch_text.as_bytes()),
+                })
+                .insert(Header {
+                    key: SEQ_HEADER,
+                    value: Some(seq_text.as_bytes()),
+                });
+            let mut record = BaseRecord::to(&self.topic)
+                .key(change.key.as_bytes())
+                .headers(headers);
+            if let Some(row) = &change.row {
+                record = record.payload(row.as_bytes());
+            }
+            // A full local queue is backpressure: serve delivery reports and try again.
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        return Err(self.error(format!(
+                            "epoch {epoch}: cannot produce key {} to `{}`: {e}",
+                            change.key, self.topic
+                        )))
+                    }
+                }
+            }
+        }
+        self.flush(epoch)
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.flush(u64::MAX)
+    }
+}
+
+/// Creates `topic` unless it exists.
+fn create_topic(topic: &str, cfg: &KafkaSinkConfig) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(cfg).create().map_err(|e| e.to_string())?;
+    let new = NewTopic::new(
+        topic,
+        cfg.create_partitions,
+        TopicReplication::Fixed(cfg.create_replication),
+    );
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let results = runtime
+        .block_on(admin.create_topics([&new], &opts))
+        .map_err(|e| e.to_string())?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(format!("{t}: {code}")),
+        }
+    }
+    Ok(())
+}

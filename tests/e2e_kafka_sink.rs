@@ -1,0 +1,198 @@
+//! End to end: the real `customer-analytics` binary writes every table to a real broker
+//! (tansu, on loopback) as keyed changelog topics. Read back from the earliest offset and
+//! compacted, each topic equals the table the file sink writes for the same input; the
+//! headers number each epoch's changes in key order; deletes are tombstones.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use cap_connectors::kafka::KafkaChangelogSink;
+use cap_engine::config::KafkaSinkConfig;
+use cap_engine::sink::{Change, TableWriter};
+use cap_tests::kafka_read::{compact, read_topic, Record};
+use cap_tests::tansu::Tansu;
+use cap_tests::{generate_csv, read_jsonl, run_on_csv};
+use serde_json::Value;
+
+/// The tables the file sink wrote into `out` (snapshot files, not changelogs).
+fn file_tables(out: &Path) -> Result<BTreeSet<String>> {
+    let mut tables = BTreeSet::new();
+    for entry in std::fs::read_dir(out)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(t) = name.strip_suffix(".jsonl") {
+            if !t.ends_with(".changelog") {
+                tables.insert(t.to_owned());
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// Per partition: epochs never go back, and within an epoch `cap.seq` increases.
+fn ensure_ordered(topic: &str, records: &[Record]) -> Result<()> {
+    let mut last: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
+    for r in records {
+        if let Some(prev) = last.insert(r.partition, (r.epoch, r.seq)) {
+            ensure!(
+                prev < (r.epoch, r.seq),
+                "{topic} partition {}: (epoch, seq) {prev:?} then {:?}",
+                r.partition,
+                (r.epoch, r.seq)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_table_topic_compacts_to_the_file_snapshot() -> Result<()> {
+    let broker = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 8_000, 17, &[])?;
+    let files = dir.path().join("files");
+    run_on_csv(&csv, &files, "2", "700", &[])?;
+
+    let state = dir.path().join("kafka");
+    let brokers = format!("sinks.kafka.brokers={}", broker.brokers);
+    run_on_csv(
+        &csv,
+        &state,
+        "2",
+        "700",
+        &[
+            "--set",
+            "sinks.kind=kafka",
+            "--set",
+            &brokers,
+            "--set",
+            "sinks.kafka.topic_prefix=test.",
+        ],
+    )?;
+
+    let tables = file_tables(&files)?;
+    ensure!(tables.len() >= 14, "expected every table, got {tables:?}");
+    let mut messages = 0;
+    let mut tombstones = 0;
+    for table in &tables {
+        let topic = format!("test.{table}");
+        let records = read_topic(&broker.brokers, &topic)
+            .with_context(|| format!("reading {topic}; broker log: {}", broker.log_text()))?;
+        ensure_ordered(&topic, &records)?;
+        messages += records.len();
+        tombstones += records.iter().filter(|r| r.value.is_none()).count();
+        let compacted: BTreeSet<String> = compact(&records)?
+            .into_values()
+            .map(|v| v.to_string())
+            .collect();
+        let snapshot: BTreeSet<String> = read_jsonl(&files.join(format!("{table}.jsonl")))?
+            .into_iter()
+            .map(|v: Value| v.to_string())
+            .collect();
+        ensure!(
+            compacted == snapshot,
+            "{topic}: compacted topic ({} rows) differs from the file snapshot ({} rows); \
+             only in the topic: {:?}; only in the file: {:?}",
+            compacted.len(),
+            snapshot.len(),
+            compacted.difference(&snapshot).take(3).collect::<Vec<_>>(),
+            snapshot.difference(&compacted).take(3).collect::<Vec<_>>()
+        );
+    }
+    // Not vacuous: thousands of changes (this input has no deletes: the next test has).
+    ensure!(
+        messages > 2_000,
+        "{messages} messages, {tombstones} tombstones"
+    );
+    Ok(())
+}
+
+#[test]
+fn deletes_are_tombstones_and_headers_number_each_epoch() -> Result<()> {
+    let broker = Tansu::start()?;
+    let cfg = KafkaSinkConfig {
+        brokers: broker.brokers.clone(),
+        topic_prefix: "unit.".into(),
+        ..KafkaSinkConfig::default()
+    };
+    let mut sink = KafkaChangelogSink::open("t", &cfg)?;
+    let change = |k: u32, v: Option<u32>| Change {
+        key: format!("{{\"k\":{k}}}"),
+        row: v.map(|v| format!("{{\"k\":{k},\"v\":{v}}}")),
+    };
+    // Epoch 0 inserts 200 keys; epoch 1 deletes the even ones and updates the odd ones.
+    sink.write_epoch(0, &(0..200).map(|k| change(k, Some(k))).collect::<Vec<_>>())?;
+    sink.write_epoch(
+        1,
+        &(0..200)
+            .map(|k| change(k, (k % 2 == 1).then_some(k + 1000)))
+            .collect::<Vec<_>>(),
+    )?;
+    sink.close()?;
+    let records = read_topic(&broker.brokers, "unit.t")?;
+    ensure!(records.len() == 400, "{} messages", records.len());
+    ensure_ordered("unit.t", &records)?;
+    let tombstones: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.value.is_none())
+        .map(|r| r.key.as_str())
+        .collect();
+    ensure!(
+        tombstones.len() == 100 && tombstones.contains("{\"k\":0}"),
+        "{tombstones:?}"
+    );
+    let rows = compact(&records)?;
+    let expected: BTreeMap<String, Value> = (0..200)
+        .filter(|k| k % 2 == 1)
+        .map(|k| {
+            (
+                format!("{{\"k\":{k}}}"),
+                serde_json::json!({"k": k, "v": k + 1000}),
+            )
+        })
+        .collect();
+    ensure!(rows == expected, "compacted: {rows:?}");
+    // A key always lands on the same partition (partitioned by key).
+    let mut partition_of: BTreeMap<&str, i32> = BTreeMap::new();
+    for r in &records {
+        let p = *partition_of.entry(r.key.as_str()).or_insert(r.partition);
+        ensure!(
+            p == r.partition,
+            "key {} on partitions {p} and {}",
+            r.key,
+            r.partition
+        );
+    }
+    ensure!(
+        partition_of.values().collect::<BTreeSet<_>>().len() > 1,
+        "every key on one partition"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_broker_list_is_a_clear_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 1_000, 3, &[])?;
+    let bin = cap_tests::job_binary()?;
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--input"])
+        .arg(&csv)
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .args([
+            "--no-console",
+            "--set",
+            "sinks.kind=kafka",
+            "--set",
+            "sinks.kafka.brokers=",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "the job should refuse an empty broker list"
+    );
+    ensure!(stderr.contains("sinks.kafka.brokers"), "stderr: {stderr}");
+    Ok(())
+}
