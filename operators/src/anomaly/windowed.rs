@@ -158,19 +158,42 @@ where
         created: BTreeMap::new(),
         late,
     };
-    let mut stash: Stash<T, BucketUpdate<K>, i64> = Stash::new();
-    buckets
+    by_epoch(
+        buckets,
+        maxima,
+        |(k, _): &(K, (i64, bool))| k.hashed(),
+        "WindowedTallies",
+        move |updates, maxima, emit| state.complete_time(updates, maxima, emit),
+    )
+}
+
+/// Runs `complete` on each worker for each complete time, in time order, with the time's
+/// updates (exchanged by `route`) and the largest event times every worker read at it.
+fn by_epoch<'s, T, A, O>(
+    updates: VecCollection<'s, T, A, isize>,
+    maxima: StreamVec<'s, T, (i64, T, isize)>,
+    route: impl Fn(&A) -> u64 + 'static,
+    name: &str,
+    mut complete: impl FnMut(Vec<(A, isize)>, &[i64], &mut dyn FnMut(O, isize)) + 'static,
+) -> VecCollection<'s, T, O, isize>
+where
+    T: Timestamp + TotalOrder,
+    A: ExchangeData,
+    O: ExchangeData,
+{
+    let mut stash: Stash<T, (A, isize), i64> = Stash::new();
+    updates
         .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<(((K, Window), Tally), T, isize)>>, _, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<(O, T, isize)>>, _, _, _, _>(
             maxima,
-            Exchange::new(|((k, _), _, _): &((K, (i64, bool)), T, isize)| k.hashed()),
+            Exchange::new(move |(a, _, _): &(A, T, isize)| route(a)),
             Pipeline,
-            "WindowedTallies",
+            name,
             move |_cap, _info| {
                 move |(updates_in, updates_frontier), (max_in, max_frontier), output| {
                     updates_in.for_each(|cap, data| {
-                        for (kb, t, d) in data.drain(..) {
-                            stash.push(&cap, &t, (kb, d));
+                        for (a, t, d) in data.drain(..) {
+                            stash.push(&cap, &t, (a, d));
                         }
                     });
                     max_in.for_each(|cap, data| {
@@ -182,7 +205,9 @@ where
                         updates_frontier.less_equal(t) || max_frontier.less_equal(t)
                     }) {
                         let mut out = output.session(&cap);
-                        state.complete_time(updates, &maxima, |row, d| out.give((row, t.clone(), d)));
+                        complete(updates, &maxima, &mut |row, d| {
+                            out.give((row, t.clone(), d))
+                        });
                     }
                 }
             },
@@ -213,7 +238,7 @@ impl<K: ExchangeData + Hash> Tallies<K> {
         &mut self,
         mut updates: Vec<BucketUpdate<K>>,
         maxima: &[i64],
-        mut emit: impl FnMut(((K, Window), Tally), isize),
+        emit: &mut dyn FnMut(((K, Window), Tally), isize),
     ) {
         let (w, span) = (self.windows, i64::from(self.windows.buckets()));
         let bucket_ms = w.bucket_ms();
@@ -376,36 +401,13 @@ where
         created: BTreeMap::new(),
         late,
     };
-    let mut stash: Stash<T, ValueUpdate<K, V>, i64> = Stash::new();
-    pairs
-        .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<(((K, Window), u64), T, isize)>>, _, _, _, _>(
-            maxima,
-            Exchange::new(|((ke, _), _, _): &(((K, i64), V), T, isize)| ke.hashed()),
-            Pipeline,
-            "WindowedDistinct",
-            move |_cap, _info| {
-                move |(updates_in, updates_frontier), (max_in, max_frontier), output| {
-                    updates_in.for_each(|cap, data| {
-                        for (kv, t, d) in data.drain(..) {
-                            stash.push(&cap, &t, (kv, d));
-                        }
-                    });
-                    max_in.for_each(|cap, data| {
-                        for (m, t, _) in data.drain(..) {
-                            stash.push_second(&cap, &t, m);
-                        }
-                    });
-                    while let Some((t, cap, updates, maxima)) = stash.pop_complete(|t| {
-                        updates_frontier.less_equal(t) || max_frontier.less_equal(t)
-                    }) {
-                        let mut out = output.session(&cap);
-                        state.complete_time(updates, &maxima, |row, d| out.give((row, t.clone(), d)));
-                    }
-                }
-            },
-        )
-        .as_collection()
+    by_epoch(
+        pairs,
+        maxima,
+        |(ke, _): &((K, i64), V)| ke.hashed(),
+        "WindowedDistinct",
+        move |updates, maxima, emit| state.complete_time(updates, maxima, emit),
+    )
 }
 
 struct Distinct<K, V> {
@@ -423,7 +425,7 @@ impl<K: ExchangeData + Hash, V: ExchangeData + Hash> Distinct<K, V> {
         &mut self,
         updates: Vec<ValueUpdate<K, V>>,
         maxima: &[i64],
-        mut emit: impl FnMut(((K, Window), u64), isize),
+        emit: &mut dyn FnMut(((K, Window), u64), isize),
     ) {
         let bucket_ms = self.windows.bucket_ms();
         let mut ignored = 0u64;
@@ -515,7 +517,7 @@ mod tests {
         for e in 0..20i64 {
             let b = windows().bucket_of(100 * e);
             let updates = (0..100u64).map(|k| ((k, (b, false)), 1)).collect();
-            state.complete_time(updates, &[100 * e], |_, d| rows += d);
+            state.complete_time(updates, &[100 * e], &mut |_, d| rows += d);
             // Only the newest epoch's buckets can still be in an open window.
             assert!(
                 state.keys.values().map(Vec::len).sum::<usize>() <= 100,
@@ -541,7 +543,7 @@ mod tests {
             let updates = (0..50u64)
                 .flat_map(|v| (b..b + 3).map(move |w| (((0u8, w), v), 1)))
                 .collect();
-            state.complete_time(updates, &[100 * e], |_, _| {});
+            state.complete_time(updates, &[100 * e], &mut |_, _| {});
             assert!(
                 state.sets.len() <= 3,
                 "epoch {e}: {} windows held",
