@@ -61,16 +61,12 @@ use std::hash::Hash;
 
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::lattice::Lattice;
-use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
+use differential_dataflow::{ExchangeData, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Broadcast;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
-use crate::timed::{fast_map, FastMap, FastSet, Stash};
+use crate::timed::{by_time, fast_map, FastMap, FastSet};
 
 use crate::similarity::{SimilarItem, FIXED_SCALE};
 
@@ -518,41 +514,16 @@ where
         item_users: fast_map(),
         category_users: fast_map(),
     };
-    let mut stash = Stash::new();
-    let user_of = |(u, _, _): &(ByUser<U, I, C>, T, isize)| match u {
+    let user_of = |u: &ByUser<U, I, C>| match u {
         ByUser::Touch(u, ..) | ByUser::TopCategory(u, _) => u.hashed(),
     };
-    by_user
-        .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<((U, Recommendation<I>), T, isize)>>, _, _, _, _>(
-            shared.inner.broadcast(),
-            Exchange::new(user_of),
-            Pipeline,
-            "Recommend",
-            move |_cap, _info| {
-                move |(users_in, users_frontier), (shared_in, shared_frontier), output| {
-                    users_in.for_each(|cap, data| {
-                        for (u, t, d) in data.drain(..) {
-                            stash.push(&cap, &t, (u, d));
-                        }
-                    });
-                    shared_in.for_each(|cap, data| {
-                        for (s, t, d) in data.drain(..) {
-                            stash.push_second(&cap, &t, (s, d));
-                        }
-                    });
-                    while let Some((t, cap, by_user, shared)) = stash.pop_complete(|t| {
-                        users_frontier.less_equal(t) || shared_frontier.less_equal(t)
-                    }) {
-                        let mut out = output.session(&cap);
-                        state.complete_time(by_user, shared, |row, d| {
-                            out.give((row, t.clone(), d))
-                        });
-                    }
-                }
-            },
-        )
-        .as_collection()
+    by_time(
+        by_user,
+        shared.inner,
+        user_of,
+        "Recommend",
+        move |by_user, shared, emit| state.complete_time(by_user, shared, emit),
+    )
 }
 
 #[cfg(test)]

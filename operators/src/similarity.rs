@@ -70,13 +70,12 @@ use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Broadcast;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
-use crate::timed::{fast_map, map_bytes, FastMap, FastSet, Stash};
+use crate::timed::{by_time, fast_map, map_bytes, FastMap, FastSet, Stash};
 
 /// Fixed-point scale of [`Cosine::fixed`]: `2^40`.
 pub const FIXED_SCALE: f64 = (1u64 << 40) as f64;
@@ -591,43 +590,23 @@ where
         listed_in: fast_map(),
         candidate_bytes: 0,
     };
-    let mut stash: Stash<T, (I, I, u32), (I, isize)> = Stash::new();
-    candidates
-        .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<((I, SimilarItem<I>), T, isize)>>, _, _, _, _>(
-            n_deltas.inner.broadcast(),
-            Exchange::new(|((a, _, _), _, _): &((I, I, u32), T, isize)| a.hashed()),
-            Pipeline,
-            "TopSimilar",
-            move |_cap, _info| {
-                move |(cands_in, cands_frontier), (n_in, n_frontier), output| {
-                    cands_in.for_each(|cap, data| {
-                        for ((a, b, co), t, _) in data.drain(..) {
-                            stash.push(&cap, &t, (a, b, co));
-                        }
-                    });
-                    n_in.for_each(|cap, data| {
-                        for (i, t, d) in data.drain(..) {
-                            stash.push_second(&cap, &t, (i, d));
-                        }
-                    });
-                    while let Some((t, cap, changes, n_updates)) = stash.pop_complete(|t| {
-                        cands_frontier.less_equal(t) || n_frontier.less_equal(t)
-                    }) {
-                        let mut n_deltas: FastMap<I, isize> = fast_map();
-                        for (i, d) in n_updates {
-                            *n_deltas.entry(i).or_insert(0) += d;
-                        }
-                        let mut out = output.session(&cap);
-                        let delta = state.complete_time(n_deltas, changes, |row, d| {
-                            out.give((row, t.clone(), d))
-                        });
-                        (stats.borrow_mut())(delta);
-                    }
-                }
-            },
-        )
-        .as_collection()
+    let item_of = |(a, _, _): &(I, I, u32)| a.hashed();
+    by_time(
+        candidates,
+        n_deltas.inner,
+        item_of,
+        "TopSimilar",
+        move |changes, n_updates, emit| {
+            let mut n_deltas: FastMap<I, isize> = fast_map();
+            for (i, d) in n_updates {
+                *n_deltas.entry(i).or_insert(0) += d;
+            }
+            // A candidate change carries its new co; its difference is not needed.
+            let changes = changes.into_iter().map(|(c, _)| c).collect();
+            let delta = state.complete_time(n_deltas, changes, emit);
+            (stats.borrow_mut())(delta);
+        },
+    )
 }
 
 /// Sets `candidates[b] = co` for each `(_, b, co)` of `changes` (sorted by `b`), removing

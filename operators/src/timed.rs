@@ -7,8 +7,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use foldhash::fast::FixedState;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, InputCapability};
+use timely::dataflow::StreamVec;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
@@ -87,4 +93,52 @@ impl<T: Timestamp + TotalOrder, A, B> Stash<T, A, B> {
         let (cap, a, b) = self.pending.remove(&t)?;
         Some((t, cap, a, b))
     }
+}
+
+/// The shell of the two-input operators: `first` is exchanged by `route`, `shared` is sent
+/// to every worker, and `complete` runs on each worker once per complete time, in time
+/// order, with that time's updates of both; what it emits is output at that time.
+pub(crate) fn by_time<'s, T, A, B, O>(
+    first: VecCollection<'s, T, A, isize>,
+    shared: StreamVec<'s, T, (B, T, isize)>,
+    route: impl Fn(&A) -> u64 + 'static,
+    name: &str,
+    mut complete: impl FnMut(Vec<(A, isize)>, Vec<(B, isize)>, &mut dyn FnMut(O, isize)) + 'static,
+) -> VecCollection<'s, T, O, isize>
+where
+    T: Timestamp + TotalOrder,
+    A: ExchangeData,
+    B: ExchangeData,
+    O: ExchangeData,
+{
+    let mut stash: Stash<T, (A, isize), (B, isize)> = Stash::new();
+    first
+        .inner
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<(O, T, isize)>>, _, _, _, _>(
+            shared.broadcast(),
+            Exchange::new(move |(a, _, _): &(A, T, isize)| route(a)),
+            Pipeline,
+            name,
+            move |_cap, _info| {
+                move |(first_in, first_frontier), (shared_in, shared_frontier), output| {
+                    first_in.for_each(|cap, data| {
+                        for (a, t, d) in data.drain(..) {
+                            stash.push(&cap, &t, (a, d));
+                        }
+                    });
+                    shared_in.for_each(|cap, data| {
+                        for (b, t, d) in data.drain(..) {
+                            stash.push_second(&cap, &t, (b, d));
+                        }
+                    });
+                    while let Some((t, cap, firsts, shareds)) = stash.pop_complete(|t| {
+                        first_frontier.less_equal(t) || shared_frontier.less_equal(t)
+                    }) {
+                        let mut out = output.session(&cap);
+                        complete(firsts, shareds, &mut |row, d| out.give((row, t.clone(), d)));
+                    }
+                }
+            },
+        )
+        .as_collection()
 }

@@ -10,26 +10,25 @@
 //! - distinct counts keep, per `(key, window)`, a count per value.
 //!
 //! The retention horizon needs the stream's watermark: every worker sends the largest event
-//! time of each epoch it read to every worker, so all workers agree on the horizon of each
+//! time of each batch it read to every worker, so all workers agree on the horizon of each
 //! epoch whatever the number of workers.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use differential_dataflow::hashable::Hashable;
-use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
+use differential_dataflow::{ExchangeData, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::StreamVec;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
 use super::{Window, Windows};
 use crate::local::pre_aggregate;
-use crate::timed::{fast_map, FastMap, Stash};
+use crate::timed::{by_time, fast_map, FastMap};
 
 /// The events of a `(key, window)`, and how many of them were marked (e.g. were not views).
 #[derive(
@@ -92,7 +91,12 @@ impl Horizon {
     }
 }
 
-/// Per time of `events`, the largest event time each worker read, sent to every worker.
+/// The event times of a time's maxima (their differences are always 1).
+fn event_times(maxima: Vec<(i64, isize)>) -> Vec<i64> {
+    maxima.into_iter().map(|(m, _)| m).collect()
+}
+
+/// Per time of `events`, the largest event time of each batch this worker read.
 fn epoch_maxima<'s, T, D>(
     events: &VecCollection<'s, T, D, isize>,
     time_of: impl Fn(&D) -> i64 + 'static,
@@ -127,7 +131,6 @@ where
                 }
             },
         )
-        .broadcast()
 }
 
 /// Per `(key, window)` with at least `min_events` events (at least 1), its [`Tally`]:
@@ -158,61 +161,13 @@ where
         created: BTreeMap::new(),
         late,
     };
-    by_epoch(
+    by_time(
         buckets,
         maxima,
         |(k, _): &(K, (i64, bool))| k.hashed(),
         "WindowedTallies",
-        move |updates, maxima, emit| state.complete_time(updates, maxima, emit),
+        move |updates, maxima, emit| state.complete_time(updates, &event_times(maxima), emit),
     )
-}
-
-/// Runs `complete` on each worker for each complete time, in time order, with the time's
-/// updates (exchanged by `route`) and the largest event times every worker read at it.
-fn by_epoch<'s, T, A, O>(
-    updates: VecCollection<'s, T, A, isize>,
-    maxima: StreamVec<'s, T, (i64, T, isize)>,
-    route: impl Fn(&A) -> u64 + 'static,
-    name: &str,
-    mut complete: impl FnMut(Vec<(A, isize)>, &[i64], &mut dyn FnMut(O, isize)) + 'static,
-) -> VecCollection<'s, T, O, isize>
-where
-    T: Timestamp + TotalOrder,
-    A: ExchangeData,
-    O: ExchangeData,
-{
-    let mut stash: Stash<T, (A, isize), i64> = Stash::new();
-    updates
-        .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<(O, T, isize)>>, _, _, _, _>(
-            maxima,
-            Exchange::new(move |(a, _, _): &(A, T, isize)| route(a)),
-            Pipeline,
-            name,
-            move |_cap, _info| {
-                move |(updates_in, updates_frontier), (max_in, max_frontier), output| {
-                    updates_in.for_each(|cap, data| {
-                        for (a, t, d) in data.drain(..) {
-                            stash.push(&cap, &t, (a, d));
-                        }
-                    });
-                    max_in.for_each(|cap, data| {
-                        for (m, t, _) in data.drain(..) {
-                            stash.push_second(&cap, &t, m);
-                        }
-                    });
-                    while let Some((t, cap, updates, maxima)) = stash.pop_complete(|t| {
-                        updates_frontier.less_equal(t) || max_frontier.less_equal(t)
-                    }) {
-                        let mut out = output.session(&cap);
-                        complete(updates, &maxima, &mut |row, d| {
-                            out.give((row, t.clone(), d))
-                        });
-                    }
-                }
-            },
-        )
-        .as_collection()
 }
 
 /// Event and marked counts of one bucket of one key.
@@ -401,12 +356,12 @@ where
         created: BTreeMap::new(),
         late,
     };
-    by_epoch(
+    by_time(
         pairs,
         maxima,
         |(ke, _): &((K, i64), V)| ke.hashed(),
         "WindowedDistinct",
-        move |updates, maxima, emit| state.complete_time(updates, maxima, emit),
+        move |updates, maxima, emit| state.complete_time(updates, &event_times(maxima), emit),
     )
 }
 
