@@ -48,6 +48,34 @@ pub fn run_pipeline<J: Job>(job: J, bench: &PipelineBench) -> anyhow::Result<Run
     )?)
 }
 
+/// Runs `job` with `workers` workers, `epoch_records`-record epochs, null sinks and the
+/// settings `set` (`key=value`, e.g. a Kafka source): for sources other than the generator.
+pub fn run_pipeline_with<J: Job>(
+    job: J,
+    workers: usize,
+    epoch_records: u64,
+    set: Vec<String>,
+) -> anyhow::Result<RunReport> {
+    let mut layers = Layers::from_defaults(job.default_config())?;
+    layers.set("engine.workers", &workers.to_string())?;
+    layers.set("engine.epoch_records", &epoch_records.to_string())?;
+    layers.set("engine.console", "false")?;
+    layers.set("engine.log_level", "warn")?;
+    layers.set("sinks.kind", "\"null\"")?;
+    layers.set("engine.state_dir", "\"target/bench-state\"")?;
+    for kv in &set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE: {kv}"))?;
+        layers.set(k, v)?;
+    }
+    Ok(run_job(
+        Arc::new(job),
+        layers,
+        Arc::new(cap_connectors::Connectors),
+    )?)
+}
+
 /// Resets this process's peak resident set size (`VmHWM`) so that the next
 /// [`peak_rss_bytes`] measures one run; a no-op where `/proc/self/clear_refs` is missing.
 pub fn reset_peak_rss() {

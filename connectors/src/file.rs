@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clickstream::csv::CsvDecoder;
 use crate::clickstream::json::JsonDecoder;
-use crate::clickstream::{DecodeOptions, Event};
+use crate::clickstream::{DecodeError, DecodeOptions, Event};
 
 /// Record format of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,45 +237,53 @@ enum Decoder {
     Json(JsonDecoder),
 }
 
-/// One file being replayed.
-pub struct FilePartition {
-    label: String,
-    dead_source: String,
-    path: PathBuf,
-    format: Format,
-    options: DecodeOptions,
+/// One non-blank record of a file, as read and as decoded.
+pub(crate) struct RawRecord<'a> {
+    /// Line number of its first line (1-based; the CSV header is line 1).
+    pub(crate) position: Position,
+    /// Its bytes as read, without the trailing line terminator.
+    pub(crate) body: &'a [u8],
+    /// The event, or why the record is not one.
+    pub(crate) decoded: Result<Event, DecodeError>,
+}
+
+/// Why a [`RecordReader`] cannot go on.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The file could not be read.
+    Io(std::io::Error),
+    /// The CSV header at `position` is unusable (e.g. lacks a required column), so no line
+    /// of the file could be decoded.
+    Header {
+        /// Line number of the header.
+        position: Position,
+        /// What is wrong with it.
+        error: DecodeError,
+    },
+}
+
+/// Reads a CSV or JSON-lines file (plain or gzip) record by record, decoding each: the
+/// reading half of [`FilePartition`], shared with the `replay` command, which needs each
+/// record's bytes as well as its event. Positions and blank lines as in the module docs.
+pub(crate) struct RecordReader {
     reader: Box<dyn BufRead + Send>,
     decoder: Decoder,
+    options: DecodeOptions,
     line: Vec<u8>,
     /// Line number of the next line to read (1-based).
     next_line: Position,
     bytes_read: Arc<std::sync::atomic::AtomicU64>,
     total_bytes: Option<u64>,
-    pace: Option<f64>,
-    pacing_origin: Option<(i64, Instant)>,
-    /// A decoded record held back by pacing.
-    held: Option<SourceRecord<Event>>,
-    bar: Option<indicatif::ProgressBar>,
-    eof: bool,
 }
 
-impl FilePartition {
-    fn open(
-        source: &str,
-        path: PathBuf,
+impl RecordReader {
+    /// Opens `path` (through gzip when its name ends in `.gz`).
+    pub(crate) fn open(
+        path: &Path,
         format: Format,
         options: DecodeOptions,
-        pace: Option<f64>,
-        progress: bool,
-    ) -> Result<FilePartition, SourceError> {
-        let label = path.display().to_string();
-        let io = |what: &str, cause: std::io::Error| SourceError::Io {
-            source_name: source.to_owned(),
-            partition: label.clone(),
-            what: what.to_owned(),
-            cause,
-        };
-        let file = File::open(&path).map_err(|e| io("cannot open", e))?;
+    ) -> std::io::Result<RecordReader> {
+        let file = File::open(path)?;
         let total_bytes = file.metadata().ok().map(|m| m.len());
         let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = Counting {
@@ -295,9 +303,135 @@ impl FilePartition {
         } else {
             Box::new(BufReader::with_capacity(1 << 20, counted))
         };
+        let decoder = match format {
+            Format::Csv => Decoder::Csv(None),
+            Format::Json => Decoder::Json(JsonDecoder::new(options.clone())),
+        };
+        Ok(RecordReader {
+            reader,
+            decoder,
+            options,
+            line: Vec::with_capacity(512),
+            next_line: 1,
+            bytes_read,
+            total_bytes,
+        })
+    }
+
+    /// Line number of the next line to read.
+    pub(crate) fn next_line(&self) -> Position {
+        self.next_line
+    }
+
+    /// Bytes of the file read so far (compressed bytes for a gzip file).
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Size of the file in bytes, when known.
+    pub(crate) fn total_bytes(&self) -> Option<u64> {
+        self.total_bytes
+    }
+
+    /// Reads and decodes the next non-blank record (the CSV header is consumed, not
+    /// returned); `None` at end of file.
+    pub(crate) fn next_record(&mut self) -> Result<Option<RawRecord<'_>>, ReadError> {
+        // The loop only decides; the record borrows the line after it (a borrow returned
+        // from inside the loop would outlive the next iteration's read, for the checker).
+        let (position, end, decoded) = loop {
+            self.line.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.line)
+                .map_err(ReadError::Io)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let position = self.next_line;
+            self.next_line += 1;
+            // RFC 4180: a quoted CSV field may hold line breaks; gather the whole record, up
+            // to MAX_RECORD_LINES lines (an unterminated quote then yields one dead letter).
+            if matches!(self.decoder, Decoder::Csv(Some(_))) && self.line.contains(&b'"') {
+                let mut extra = 0;
+                while crate::clickstream::csv::record_len(&self.line).is_none()
+                    && extra < MAX_RECORD_LINES
+                {
+                    let more = self
+                        .reader
+                        .read_until(b'\n', &mut self.line)
+                        .map_err(ReadError::Io)?;
+                    if more == 0 {
+                        break;
+                    }
+                    self.next_line += 1;
+                    extra += 1;
+                }
+            }
+            let mut end = self.line.len();
+            while end > 0 && matches!(self.line[end - 1], b'\n' | b'\r') {
+                end -= 1;
+            }
+            let body = &self.line[..end];
+            if body.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let decoded = match &mut self.decoder {
+                Decoder::Csv(dec @ None) => {
+                    let header = CsvDecoder::from_header(body, self.options.clone())
+                        .map_err(|error| ReadError::Header { position, error })?;
+                    *dec = Some(header);
+                    continue;
+                }
+                Decoder::Csv(Some(dec)) => dec.decode(body),
+                Decoder::Json(dec) => dec.decode(body),
+            };
+            break (position, end, decoded);
+        };
+        Ok(Some(RawRecord {
+            position,
+            body: &self.line[..end],
+            decoded,
+        }))
+    }
+}
+
+/// One file being replayed.
+pub struct FilePartition {
+    label: String,
+    dead_source: String,
+    path: PathBuf,
+    format: Format,
+    options: DecodeOptions,
+    records: RecordReader,
+    pace: Option<f64>,
+    pacing_origin: Option<(i64, Instant)>,
+    /// A decoded record held back by pacing.
+    held: Option<SourceRecord<Event>>,
+    bar: Option<indicatif::ProgressBar>,
+    eof: bool,
+}
+
+impl FilePartition {
+    fn open(
+        source: &str,
+        path: PathBuf,
+        format: Format,
+        options: DecodeOptions,
+        pace: Option<f64>,
+        progress: bool,
+    ) -> Result<FilePartition, SourceError> {
+        let label = path.display().to_string();
+        let records = RecordReader::open(&path, format, options.clone()).map_err(|cause| {
+            SourceError::Io {
+                source_name: source.to_owned(),
+                partition: label.clone(),
+                what: "cannot open".to_owned(),
+                cause,
+            }
+        })?;
         let bar = if progress {
             let bar = indicatif::ProgressBar::with_draw_target(
-                total_bytes,
+                records.total_bytes(),
                 indicatif::ProgressDrawTarget::stderr(),
             );
             if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -315,22 +449,13 @@ impl FilePartition {
         } else {
             None
         };
-        let decoder = match format {
-            Format::Csv => Decoder::Csv(None),
-            Format::Json => Decoder::Json(JsonDecoder::new(options.clone())),
-        };
         Ok(FilePartition {
             dead_source: format!("{source}:{label}"),
             label,
             path,
             format,
             options,
-            reader,
-            decoder,
-            line: Vec::with_capacity(512),
-            next_line: 1,
-            bytes_read,
-            total_bytes,
+            records,
             pace,
             pacing_origin: None,
             held: None,
@@ -339,82 +464,36 @@ impl FilePartition {
         })
     }
 
-    fn io_error(&self, what: &str, cause: std::io::Error) -> SourceError {
-        SourceError::Io {
-            source_name: self.dead_source.clone(),
-            partition: self.label.clone(),
-            what: what.to_owned(),
-            cause,
-        }
-    }
-
     /// Reads and decodes the next non-blank line; `None` at end of file.
     fn next_record(&mut self) -> Result<Option<SourceRecord<Event>>, SourceError> {
-        loop {
-            self.line.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.line)
-                .map_err(|e| self.io_error("read failed", e))?;
-            if n == 0 {
-                return Ok(None);
+        let rec = match self.records.next_record() {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Ok(None),
+            Err(ReadError::Io(cause)) => {
+                return Err(SourceError::Io {
+                    source_name: self.dead_source.clone(),
+                    partition: self.label.clone(),
+                    what: "read failed".to_owned(),
+                    cause,
+                })
             }
-            let position = self.next_line;
-            self.next_line += 1;
-            // RFC 4180: a quoted CSV field may hold line breaks; gather the whole record, up
-            // to MAX_RECORD_LINES lines (an unterminated quote then yields one dead letter).
-            if matches!(self.decoder, Decoder::Csv(Some(_))) && self.line.contains(&b'"') {
-                let mut extra = 0;
-                while crate::clickstream::csv::record_len(&self.line).is_none()
-                    && extra < MAX_RECORD_LINES
-                {
-                    let more = self
-                        .reader
-                        .read_until(b'\n', &mut self.line)
-                        .map_err(|e| self.io_error("read failed", e))?;
-                    if more == 0 {
-                        break;
-                    }
-                    self.next_line += 1;
-                    extra += 1;
-                }
+            Err(ReadError::Header { position, error }) => {
+                return Err(SourceError::Config {
+                    source_name: self.dead_source.clone(),
+                    reason: format!("line {position}: bad CSV header: {error}"),
+                })
             }
-            let mut body: &[u8] = &self.line;
-            while let Some((&last, rest)) = body.split_last() {
-                if last == b'\n' || last == b'\r' {
-                    body = rest;
-                } else {
-                    break;
-                }
-            }
-            if body.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let item = match &mut self.decoder {
-                Decoder::Csv(dec @ None) => {
-                    let header =
-                        CsvDecoder::from_header(body, self.options.clone()).map_err(|e| {
-                            SourceError::Config {
-                                source_name: self.dead_source.clone(),
-                                reason: format!("line {position}: bad CSV header: {e}"),
-                            }
-                        })?;
-                    *dec = Some(header);
-                    continue;
-                }
-                Decoder::Csv(Some(dec)) => dec.decode(body),
-                Decoder::Json(dec) => dec.decode(body),
-            };
-            let item = item.map_err(|e| {
-                DeadLetter::new(
-                    self.dead_source.clone(),
-                    position,
-                    body,
-                    format!("line {position}: {e}"),
-                )
-            });
-            return Ok(Some(SourceRecord { position, item }));
-        }
+        };
+        let position = rec.position;
+        let item = rec.decoded.map_err(|e| {
+            DeadLetter::new(
+                self.dead_source.clone(),
+                position,
+                rec.body,
+                format!("line {position}: {e}"),
+            )
+        });
+        Ok(Some(SourceRecord { position, item }))
     }
 
     /// Whether pacing holds `rec` back now.
@@ -439,7 +518,7 @@ impl SourcePartition<Event> for FilePartition {
         self.held
             .as_ref()
             .map(|r| r.position)
-            .unwrap_or(self.next_line)
+            .unwrap_or(self.records.next_line())
     }
 
     fn poll(
@@ -473,7 +552,7 @@ impl SourcePartition<Event> for FilePartition {
             n += 1;
         }
         if let Some(bar) = &self.bar {
-            bar.set_position(self.bytes_read.load(std::sync::atomic::Ordering::Relaxed));
+            bar.set_position(self.records.bytes_read());
         }
         Ok(if n > 0 {
             Polled::Records(n)
@@ -495,20 +574,23 @@ impl SourcePartition<Event> for FilePartition {
             self.pace,
             false,
         )?;
-        while fresh.next_line <= position {
+        while fresh.records.next_line() <= position {
             match fresh.next_record()? {
                 Some(rec) if rec.position >= position => {
                     fresh.held = Some(rec);
                     break;
                 }
                 Some(_) => {}
-                None if fresh.next_line == position => break, // seeking to the end
+                None if fresh.records.next_line() == position => break, // seeking to the end
                 None => {
                     return Err(SourceError::Seek {
                         source_name: source,
                         partition: self.label.clone(),
                         position,
-                        reason: format!("the file has only {} lines", fresh.next_line - 1),
+                        reason: format!(
+                            "the file has only {} lines",
+                            fresh.records.next_line() - 1
+                        ),
                     })
                 }
             }
@@ -519,8 +601,8 @@ impl SourcePartition<Event> for FilePartition {
 
     fn progress(&self) -> Option<Progress> {
         Some(Progress {
-            done: self.bytes_read.load(std::sync::atomic::Ordering::Relaxed),
-            total: self.total_bytes,
+            done: self.records.bytes_read(),
+            total: self.records.total_bytes(),
         })
     }
 }

@@ -98,7 +98,17 @@ pub fn config_from_args(args: &GenerateArgs) -> Result<GeneratorConfig, String> 
     if let Some(v) = args.ddos_bursts {
         set("ddos_bursts", toml::Value::Integer(v as i64))?;
     }
-    for kv in &args.set {
+    with_set_items(layers, &args.set)
+}
+
+/// `layers` with the `--set KEY=VALUE` items `set` (generator keys) over them, typed as the
+/// `generator` section and validated; errors name the item or key. Shared by the commands
+/// that run the generator (`generate`, `replay`).
+pub(crate) fn with_set_items(
+    mut layers: cap_engine::config::Layers,
+    set: &[String],
+) -> Result<GeneratorConfig, String> {
+    for kv in set {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| format!("--set `{kv}`: expected KEY=VALUE"))?;

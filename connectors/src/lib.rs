@@ -5,6 +5,8 @@
 //!   `generate` command).
 //! - [`file`]: replays CSV/JSON files (plain or gzip) as a partitioned source.
 //! - [`sinks`]: the JSON-lines file sink (changelog + snapshot) and the null sink.
+//! - [`notify`]: notification channels (webhooks) that rows of a table, by default
+//!   `alerts`, are also delivered to.
 //!
 //! Jobs open their sources with the opener of the record type they read (e.g.
 //! [`open_clickstream`]) and link [`Connectors`] into their binary, which gives the engine
@@ -28,7 +30,8 @@
 use std::sync::Arc;
 
 use cap_engine::cli::Extension;
-use cap_engine::config::{typed_table, SinkConfig};
+use cap_engine::config::{typed_table, NotifyConfig, SinkConfig};
+use cap_engine::metrics::Registry;
 use cap_engine::sink::{SinkError, SinkFactory, TableWriter};
 use cap_engine::source::{Source, SourceError};
 
@@ -38,6 +41,8 @@ pub mod generate_cmd;
 pub mod generator;
 pub mod json_order;
 pub mod kafka;
+pub mod notify;
+pub mod replay_cmd;
 pub mod sinks;
 
 use clickstream::Event;
@@ -76,15 +81,14 @@ pub fn open_clickstream(
                 typed_table(&prefix, table.clone()).map_err(cfg_err)?;
             Ok(Arc::new(file::FileSource::new(name, cfg)?))
         }
-        "kafka" => Err(SourceError::Config {
-            source_name: name.to_owned(),
-            reason: format!(
-                "{prefix}.kind = \"kafka\": the Kafka connector is not in this build yet"
-            ),
-        }),
+        "kafka" => {
+            let cfg: kafka::KafkaSourceConfig =
+                typed_table(&prefix, table.clone()).map_err(cfg_err)?;
+            Ok(Arc::new(kafka::KafkaSource::new(name, cfg)?))
+        }
         other => Err(SourceError::Config {
             source_name: name.to_owned(),
-            reason: format!("{prefix}.kind is `{other}`; expected `generator` or `file`"),
+            reason: format!("{prefix}.kind is `{other}`; expected `generator`, `file` or `kafka`"),
         }),
     }
 }
@@ -97,16 +101,43 @@ impl SinkFactory for Connectors {
     fn open(&self, table: &str, config: &SinkConfig) -> Result<Box<dyn TableWriter>, SinkError> {
         sinks::FileAndNullSinks.open(table, config)
     }
+
+    /// The table's sink, wrapped in a [`notify::NotifyingWriter`] when channels notify it.
+    fn open_bound(
+        &self,
+        table: &str,
+        config: &SinkConfig,
+        notify: &[NotifyConfig],
+        registry: &Registry,
+    ) -> Result<Box<dyn TableWriter>, SinkError> {
+        // The Kafka sink counts its deliveries in the registry; the others need none.
+        let writer: Box<dyn TableWriter> = if config.kind == "kafka" {
+            Box::new(kafka::KafkaChangelogSink::open_with_metrics(
+                table,
+                &config.kafka,
+                kafka::SinkDeliveryMetrics::new(registry, table),
+            )?)
+        } else {
+            self.open(table, config)?
+        };
+        if notify.is_empty() {
+            return Ok(writer);
+        }
+        Ok(Box::new(notify::NotifyingWriter::open(
+            table, writer, notify, registry,
+        )?))
+    }
 }
 
 impl Extension for Connectors {
     fn commands(&self) -> Vec<clap::Command> {
-        vec![generate_cmd::command()]
+        vec![generate_cmd::command(), replay_cmd::command()]
     }
 
     fn run(&self, name: &str, matches: &clap::ArgMatches) -> Option<Result<(), String>> {
         match name {
             "generate" => Some(generate_cmd::run(matches)),
+            "replay" => Some(replay_cmd::run(matches)),
             _ => None,
         }
     }

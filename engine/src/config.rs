@@ -167,12 +167,33 @@ pub struct SinksConfig {
     pub default: SinkConfig,
     /// Per-table overrides, by table name.
     pub tables: BTreeMap<String, SinkConfig>,
+    /// Notification channels (`[[sinks.notify]]`): rows of a table (by default `alerts`)
+    /// are also delivered there, after the table's own sink has written them.
+    pub notify: Vec<NotifyConfig>,
 }
 
 impl SinksConfig {
     /// The sink configuration for `table`.
     pub fn for_table(&self, table: &str) -> &SinkConfig {
         self.tables.get(table).unwrap_or(&self.default)
+    }
+
+    /// The notification channels of `table`, in configuration order.
+    pub fn notify_for(&self, table: &str) -> Vec<NotifyConfig> {
+        self.notify
+            .iter()
+            .filter(|n| n.table == table)
+            .cloned()
+            .collect()
+    }
+
+    /// Checks what types alone cannot, for a job whose tables are `tables`: every
+    /// notification channel (errors name `sinks.notify[i].<key>`).
+    pub fn validate(&self, tables: &[&str]) -> Result<()> {
+        for (i, n) in self.notify.iter().enumerate() {
+            n.validate(&format!("sinks.notify[{i}]"), tables)?;
+        }
+        Ok(())
     }
 }
 
@@ -235,6 +256,166 @@ impl Default for KafkaSinkConfig {
     }
 }
 
+/// The severities of `alerts` rows, lowest first: `min_severity` names one of them.
+pub const ALERT_SEVERITIES: &[&str] = &["warning", "critical"];
+
+/// What delivers a notification channel's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    /// An HTTP(S) POST of a JSON body to `url`.
+    #[default]
+    Webhook,
+}
+
+/// The body a webhook posts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyFormat {
+    /// `{"alert_id": .., "alert": <the row>, "table": ..}`.
+    #[default]
+    Json,
+    /// A Slack incoming webhook's `{"text": ..}`.
+    Slack,
+    /// A Microsoft Teams incoming webhook's MessageCard.
+    Teams,
+}
+
+/// One notification channel, an entry of `[[sinks.notify]]` (`docs/runbook.md`,
+/// "Notifications", describes every key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Connector kind: `webhook`.
+    pub kind: NotifyKind,
+    /// The table whose rows are notified (default `alerts`).
+    pub table: String,
+    /// Where the webhook posts (`http://` or `https://`).
+    pub url: String,
+    /// The body: `json` (default), `slack` or `teams`.
+    pub format: NotifyFormat,
+    /// Only rows whose `severity` is at least this one (see [`ALERT_SEVERITIES`]); none:
+    /// every row.
+    pub min_severity: Option<String>,
+    /// Notifications per minute at most (a token bucket of this many, refilled evenly).
+    pub max_per_minute: u32,
+    /// Retries of a notification after its first attempt, on connection errors, timeouts,
+    /// 429 and 5xx.
+    pub retries: u32,
+    /// Timeout of one request, in ms.
+    pub timeout_ms: u64,
+    /// Extra request headers (e.g. `Authorization`).
+    pub headers: BTreeMap<String, String>,
+    /// Notifications waiting for the rate limit at most; more are folded into one summary.
+    pub queue_len: usize,
+    /// At the end of the run, how long the channel may keep delivering, in ms.
+    pub drain_ms: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            kind: NotifyKind::Webhook,
+            table: "alerts".into(),
+            url: String::new(),
+            format: NotifyFormat::Json,
+            min_severity: None,
+            max_per_minute: 30,
+            retries: 5,
+            timeout_ms: 5000,
+            headers: BTreeMap::new(),
+            queue_len: 1000,
+            drain_ms: 10_000,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Checks the values types cannot; errors name `<prefix>.<key>`. `tables` are the
+    /// job's tables.
+    pub fn validate(&self, prefix: &str, tables: &[&str]) -> Result<()> {
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: format!("{prefix}.{key}"),
+                reason,
+            })
+        };
+        if !tables.contains(&self.table.as_str()) {
+            return bad(
+                "table",
+                format!(
+                    "`{}` is not a table of this job (its tables: {})",
+                    self.table,
+                    tables.join(", ")
+                ),
+            );
+        }
+        let url = self.url.trim();
+        if url.is_empty() {
+            return bad(
+                "url",
+                "is empty; expected an http:// or https:// url".into(),
+            );
+        }
+        let Some(rest) = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+        else {
+            return bad(
+                "url",
+                format!("`{url}` does not start with http:// or https://"),
+            );
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        if host.is_empty() || host.starts_with(':') || url.chars().any(char::is_whitespace) {
+            return bad("url", format!("`{url}` has no host or contains spaces"));
+        }
+        if let Some(min) = &self.min_severity {
+            if !ALERT_SEVERITIES.contains(&min.as_str()) {
+                return bad(
+                    "min_severity",
+                    format!(
+                        "is `{min}`; expected one of {}",
+                        ALERT_SEVERITIES.join(", ")
+                    ),
+                );
+            }
+        }
+        if self.max_per_minute == 0 {
+            return bad("max_per_minute", "must be at least 1".into());
+        }
+        if self.timeout_ms == 0 {
+            return bad("timeout_ms", "must be at least 1".into());
+        }
+        if self.queue_len == 0 {
+            return bad("queue_len", "must be at least 1".into());
+        }
+        for (name, value) in &self.headers {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                return bad(
+                    &format!("headers.{name}"),
+                    "is not a valid HTTP header name".into(),
+                );
+            }
+            // The channel sets these itself: the body's type and the deduplication key.
+            if ["content-type", "content-length", "idempotency-key"]
+                .contains(&name.to_ascii_lowercase().as_str())
+            {
+                return bad(
+                    &format!("headers.{name}"),
+                    "is set by the channel and cannot be configured".into(),
+                );
+            }
+            if value.chars().any(|c| c == '\r' || c == '\n') {
+                return bad(&format!("headers.{name}"), "contains a line break".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The merged configuration tree, before and after typing.
 #[derive(Debug, Clone, Default)]
 pub struct Layers {
@@ -266,7 +447,7 @@ impl Layers {
                 path: path.into(),
                 message: e.to_string(),
             })?;
-        merge(&mut self.table, table);
+        merge_layer(&mut self.table, table);
         Ok(())
     }
 
@@ -299,6 +480,18 @@ impl Layers {
     /// Sets one dotted key to a typed value.
     pub fn set_value(&mut self, key: &str, value: toml::Value) -> Result<()> {
         let parts: Vec<&str> = key.split('.').collect();
+        if let ["sources", name, "kind"] = parts[..] {
+            if let Some(toml::Value::Table(sources)) = self.table.get_mut("sources") {
+                let same = sources
+                    .get(name)
+                    .and_then(|t| t.get("kind"))
+                    .is_some_and(|k| *k == value);
+                if !same {
+                    // A source whose connector changes starts from an empty table.
+                    sources.remove(name);
+                }
+            }
+        }
         if parts.iter().any(|p| p.is_empty()) {
             return Err(ConfigError::Invalid {
                 key: key.into(),
@@ -380,6 +573,23 @@ fn parse_literal(value: &str) -> toml::Value {
     }
 }
 
+/// Merges one layer over the layers below it. A source whose `kind` the layer changes is
+/// replaced whole, not merged: the keys of the old connector (a generator's `seed`) mean
+/// nothing to the new one and would be rejected as unknown.
+fn merge_layer(base: &mut toml::Table, mut over: toml::Table) {
+    if let (Some(toml::Value::Table(below)), Some(toml::Value::Table(above))) =
+        (base.get_mut("sources"), over.get_mut("sources"))
+    {
+        for (name, source) in above.iter() {
+            let kind = source.get("kind");
+            if kind.is_some() && below.get(name).and_then(|b| b.get("kind")) != kind {
+                below.remove(name);
+            }
+        }
+    }
+    merge(base, over)
+}
+
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
@@ -435,6 +645,28 @@ mod tests {
     }
 
     #[test]
+    fn a_source_whose_kind_changes_is_replaced_not_merged() -> anyhow::Result<()> {
+        let mut layers = Layers::from_defaults(DEFAULTS)?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("cap.toml");
+        std::fs::write(&file, "[sources.clickstream]\nkind = \"kafka\"\nbrokers = \"b:9092\"\n")?;
+        layers.merge_file(&file)?;
+        let src = layers.table_at("sources.clickstream");
+        assert_eq!(src.get("events"), None, "generator keys left behind: {src:?}");
+        assert_eq!(src.get("brokers").and_then(|v| v.as_str()), Some("b:9092"));
+        // The same kind merges key by key.
+        std::fs::write(&file, "[sources.clickstream]\nkind = \"kafka\"\nstop = \"end\"\n")?;
+        layers.merge_file(&file)?;
+        let src = layers.table_at("sources.clickstream");
+        assert_eq!(src.get("brokers").and_then(|v| v.as_str()), Some("b:9092"));
+        layers.set("sources.clickstream.kind", "file")?;
+        layers.set("sources.clickstream.path", "/x.csv")?;
+        let src = layers.table_at("sources.clickstream");
+        assert_eq!(src.len(), 2, "{src:?}");
+        Ok(())
+    }
+
+    #[test]
     fn errors_name_the_key() -> anyhow::Result<()> {
         let mut layers = Layers::from_defaults(DEFAULTS)?;
         layers.set("engine.workers", "two")?;
@@ -463,6 +695,131 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("engine.process"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn notify_channels_parse_from_a_file_with_defaults() -> anyhow::Result<()> {
+        let mut layers = Layers::from_defaults(DEFAULTS)?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("cap.toml");
+        std::fs::write(
+            &file,
+            "[sinks]\nkind = \"null\"\n\
+             [[sinks.notify]]\nkind = \"webhook\"\nurl = \"https://hooks.slack.com/services/T/B/x\"\n\
+             format = \"slack\"\nmin_severity = \"critical\"\n\
+             [sinks.notify.headers]\nAuthorization = \"Bearer t\"\n\
+             [[sinks.notify]]\nurl = \"http://127.0.0.1:9/hook\"\ntable = \"other\"\n",
+        )?;
+        layers.merge_file(&file)?;
+        let sinks: SinksConfig = layers.typed("sinks")?;
+        assert_eq!(sinks.default.kind, "null");
+        sinks.validate(&["alerts", "other"])?;
+        let alerts = sinks.notify_for("alerts");
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].format, NotifyFormat::Slack);
+        assert_eq!(alerts[0].headers["Authorization"], "Bearer t");
+        let other = &sinks.notify_for("other")[0];
+        assert_eq!(
+            (
+                other.kind,
+                other.format,
+                other.max_per_minute,
+                other.retries
+            ),
+            (NotifyKind::Webhook, NotifyFormat::Json, 30, 5)
+        );
+        assert_eq!(
+            (other.timeout_ms, other.drain_ms, other.queue_len),
+            (5000, 10_000, 1000)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn notify_config_errors_name_the_key() -> anyhow::Result<()> {
+        // Types: the deserializer names the entry and the key.
+        for (value, key) in [
+            (
+                "[{kind = \"email\", url = \"http://x\"}]",
+                "sinks.notify[0].kind",
+            ),
+            (
+                "[{url = \"http://x\"}, {url = \"http://x\", format = \"markdown\"}]",
+                "sinks.notify[1].format",
+            ),
+            (
+                "[{url = \"http://x\", retries = -1}]",
+                "sinks.notify[0].retries",
+            ),
+            ("[{url = \"http://x\", colour = 1}]", "colour"),
+        ] {
+            let mut layers = Layers::from_defaults(DEFAULTS)?;
+            layers.set("sinks.notify", value)?;
+            let err = layers
+                .typed::<SinksConfig>("sinks")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{value}: {err}");
+        }
+        // Values: validation names the entry and the key.
+        let entry = |f: &dyn Fn(&mut NotifyConfig)| {
+            let mut n = NotifyConfig {
+                url: "https://hooks.example.invalid/x".into(),
+                ..NotifyConfig::default()
+            };
+            f(&mut n);
+            SinksConfig {
+                notify: vec![NotifyConfig::default(), n],
+                ..SinksConfig::default()
+            }
+        };
+        let cases: Vec<(SinksConfig, &str)> = vec![
+            (entry(&|n| n.url = String::new()), "sinks.notify[1].url"),
+            (
+                entry(&|n| n.url = "ftp://h/x".into()),
+                "sinks.notify[1].url",
+            ),
+            (
+                entry(&|n| n.url = "https:///x".into()),
+                "sinks.notify[1].url",
+            ),
+            (entry(&|n| n.table = "nope".into()), "sinks.notify[1].table"),
+            (
+                entry(&|n| n.min_severity = Some("high".into())),
+                "sinks.notify[1].min_severity",
+            ),
+            (
+                entry(&|n| n.max_per_minute = 0),
+                "sinks.notify[1].max_per_minute",
+            ),
+            (entry(&|n| n.timeout_ms = 0), "sinks.notify[1].timeout_ms"),
+            (entry(&|n| n.queue_len = 0), "sinks.notify[1].queue_len"),
+            (
+                entry(&|n| {
+                    n.headers.insert("Idempotency-Key".into(), "x".into());
+                }),
+                "sinks.notify[1].headers.Idempotency-Key",
+            ),
+            (
+                entry(&|n| {
+                    n.headers.insert("Bad Name".into(), "x".into());
+                }),
+                "sinks.notify[1].headers.Bad Name",
+            ),
+        ];
+        for (sinks, key) in cases {
+            // Entry 0 has an empty url too: entries are checked in order.
+            let mut sinks = sinks;
+            sinks.notify[0].url = "http://127.0.0.1:1/ok".into();
+            let err = sinks
+                .validate(&["alerts"])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
         Ok(())
     }
 

@@ -17,7 +17,9 @@
 //!
 //! Backpressure: a worker does not read input for epoch `e` while its outputs have not
 //! completed epoch `e - engine.max_epochs_in_flight`, so a fast source cannot run ahead of a
-//! slow downstream operator (or a slower worker) and queue unbounded work.
+//! slow downstream operator (or a slower worker) and queue unbounded work. While it holds
+//! back it pauses its partitions ([`SourcePartition::set_paused`]), so a prefetching source
+//! (Kafka) stops fetching too, and counts the pause in `cap_source_backpressure_pauses_total`.
 //!
 //! A graceful stop (SIGINT/SIGTERM) closes the current epoch, records its positions and
 //! drops the capabilities; downstream operators then complete and sinks flush.
@@ -37,11 +39,14 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
 use crate::dead_letter::DeadLetter;
-use crate::metrics::SourceMetrics;
+use crate::metrics::{Gauge, SourceMetrics};
 use crate::source::{EpochPositions, Polled, Source, SourceError, SourcePartition, SourceRecord};
 
 /// Records read per partition per activation, at most.
 const BATCH: usize = 4096;
+
+/// How often the per-partition lag gauges are refreshed.
+const LAG_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The per-worker epoch clock shared by all source operators of the worker.
 pub struct EpochClock {
@@ -179,6 +184,7 @@ pub struct SourceStreams<'s, T: 'static> {
 
 struct OwnedPartition<T> {
     label: String,
+    lag: Gauge,
     inner: Box<dyn SourcePartition<T>>,
     remaining: Option<u64>,
     done: bool,
@@ -216,17 +222,17 @@ pub fn source_operator<'s, T: ExchangeData>(
     let name = spec.source.name().to_owned();
     let labels = spec.source.partitions();
     let (index, peers) = (scope.index(), scope.peers());
+    let mine: Vec<usize> = (0..labels.len()).filter(|i| i % peers == index).collect();
+    let opened = spec.source.open_owned(&mine)?;
     let mut owned: Vec<OwnedPartition<T>> = Vec::new();
-    for (i, label) in labels.iter().enumerate() {
-        if i % peers == index {
-            let inner = spec.source.open(i)?;
-            owned.push(OwnedPartition {
-                label: label.clone(),
-                inner,
-                remaining: spec.limit.map(|n| share(n, i, labels.len())),
-                done: false,
-            });
-        }
+    for (i, inner) in mine.into_iter().zip(opened) {
+        owned.push(OwnedPartition {
+            label: labels[i].clone(),
+            lag: spec.metrics.lag(&labels[i]),
+            inner,
+            remaining: spec.limit.map(|n| share(n, i, labels.len())),
+            done: false,
+        });
     }
     tracing::info!(source = %name, worker = index, partitions = owned.len(), "source opened");
 
@@ -254,6 +260,8 @@ pub fn source_operator<'s, T: ExchangeData>(
         };
         let mut buffer: Vec<SourceRecord<T>> = Vec::with_capacity(BATCH);
         let mut cursor = 0usize;
+        let mut paused = false;
+        let mut lag_updated = Instant::now();
         move |_frontiers| {
             let Some((cap_ok, cap_err)) = caps.as_mut() else { return };
             let mut clock = clock.borrow_mut();
@@ -287,8 +295,29 @@ pub fn source_operator<'s, T: ExchangeData>(
             // Backpressure: do not read further ahead of the outputs than allowed; reading
             // on would only queue work and stretch every epoch's latency.
             if outputs.less_than(&epoch.saturating_sub(max_in_flight)) {
+                if !paused {
+                    paused = true;
+                    metrics.pauses.add(1);
+                    for p in owned.iter_mut() {
+                        p.inner.set_paused(true);
+                    }
+                }
                 activator.activate_after(Duration::from_millis(1));
                 return;
+            }
+            if paused {
+                paused = false;
+                for p in owned.iter_mut() {
+                    p.inner.set_paused(false);
+                }
+            }
+            if lag_updated.elapsed() >= LAG_INTERVAL {
+                lag_updated = Instant::now();
+                for p in owned.iter() {
+                    if let Some(lag) = p.inner.lag() {
+                        p.lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
+                    }
+                }
             }
 
             // Read a bounded batch from the owned partitions, round robin.

@@ -94,6 +94,7 @@ impl<'s> Dataflow<'s> {
         global_worker: usize,
     ) -> Result<Dataflow<'s>, BuildError> {
         let sinks: SinksConfig = layers.typed("sinks")?;
+        sinks.validate(&declared)?;
         if let Some(unknown) = engine
             .tables
             .iter()
@@ -226,7 +227,12 @@ impl<'s> Dataflow<'s> {
         }
         let is_writer = writer_worker(table, self.scope.peers()) == self.scope.index();
         let writer = if is_writer {
-            Some(self.factory.open(table, self.sinks.for_table(table))?)
+            Some(self.factory.open_bound(
+                table,
+                self.sinks.for_table(table),
+                &self.sinks.notify_for(table),
+                &self.registry,
+            )?)
         } else {
             None
         };

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,22 @@ impl Counter {
     }
     /// The current value.
     pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down (a lag, a queue length).
+#[derive(Clone, Default, Debug)]
+pub struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    /// Sets the value.
+    #[inline]
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -76,6 +92,7 @@ pub type Labels = Vec<(&'static str, String)>;
 #[derive(Default)]
 struct Inner {
     counters: BTreeMap<(&'static str, String), (Counter, &'static str)>,
+    gauges: BTreeMap<(&'static str, String), (Gauge, &'static str)>,
     histograms: BTreeMap<(&'static str, String), (LatencyHistogram, &'static str)>,
 }
 
@@ -125,6 +142,29 @@ impl Registry {
             .or_insert_with(|| (Counter::default(), help))
             .0
             .clone()
+    }
+
+    /// The gauge `name{labels}`, created on first use.
+    pub fn gauge(&self, name: &'static str, help: &'static str, labels: Labels) -> Gauge {
+        let key = (name, render_labels(&self.with_job(labels)));
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .gauges
+            .entry(key)
+            .or_insert_with(|| (Gauge::default(), help))
+            .0
+            .clone()
+    }
+
+    /// The values of every series of gauge `name`, by rendered labels.
+    pub fn gauge_values(&self, name: &str) -> Vec<(String, i64)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .gauges
+            .iter()
+            .filter(|((n, _), _)| *n == name)
+            .map(|((_, labels), (g, _))| (labels.clone(), g.get()))
+            .collect()
     }
 
     /// The histogram `name{labels}`, created on first use.
@@ -185,6 +225,14 @@ impl Registry {
                 last = name;
             }
             let _ = writeln!(out, "{name}{{{labels}}} {}", c.get());
+        }
+        last = "";
+        for ((name, labels), (g, help)) in inner.gauges.iter() {
+            if *name != last {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{{{labels}}} {}", g.get());
         }
         last = "";
         for ((name, labels), (h, help)) in inner.histograms.iter() {
@@ -248,6 +296,11 @@ pub struct SourceMetrics {
     pub records: Counter,
     /// Records sent to the dead-letter output.
     pub dead_letters: Counter,
+    /// Times this worker paused its partitions because the dataflow fell behind.
+    pub pauses: Counter,
+    registry: Registry,
+    source: String,
+    worker: usize,
 }
 
 impl SourceMetrics {
@@ -270,7 +323,28 @@ impl SourceMetrics {
                 "Records that could not be decoded (dead letters).",
                 labels(),
             ),
+            pauses: registry.counter(
+                "cap_source_backpressure_pauses_total",
+                "Times a worker paused its partitions because its outputs fell behind.",
+                labels(),
+            ),
+            registry: registry.clone(),
+            source: source.to_owned(),
+            worker,
         }
+    }
+
+    /// The lag gauge of one partition: records upstream not read yet.
+    pub fn lag(&self, partition: &str) -> Gauge {
+        self.registry.gauge(
+            "cap_source_lag_records",
+            "Records available upstream but not read yet, per partition (Kafka: high watermark minus position).",
+            vec![
+                ("worker", self.worker.to_string()),
+                ("source", self.source.clone()),
+                ("partition", partition.to_owned()),
+            ],
+        )
     }
 }
 

@@ -26,7 +26,8 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 
-use crate::metrics::SinkMetrics;
+use crate::config::{NotifyConfig, SinkConfig};
+use crate::metrics::{Registry, SinkMetrics};
 
 /// A row of an output table.
 pub trait TableRow: ExchangeData + Serialize {
@@ -76,11 +77,36 @@ pub trait TableWriter {
 /// Opens table writers from configuration. Implemented by the connectors crate.
 pub trait SinkFactory: Send + Sync {
     /// Opens the writer for `table` bound to `config`.
-    fn open(
+    fn open(&self, table: &str, config: &SinkConfig) -> Result<Box<dyn TableWriter>, SinkError>;
+
+    /// Opens the writer for `table` with everything the engine binds to it: its sink
+    /// configuration, its notification channels (the `[[sinks.notify]]` entries naming
+    /// it) and the process's metrics registry, for writers with counters of their own.
+    /// The engine calls this one. The default opens [`SinkFactory::open`] and refuses
+    /// notification channels, which such a factory cannot deliver: a configured channel
+    /// is never ignored in silence.
+    //
+    // A second method rather than a `notify` field resolved into `SinkConfig`: a
+    // `SinkConfig` is what one `[sinks]` / `[sinks.tables.NAME]` table holds, and the
+    // channels are configured beside those tables, not in them; the registry is not
+    // configuration at all. Factories with no use for either implement `open` alone.
+    fn open_bound(
         &self,
         table: &str,
-        config: &crate::config::SinkConfig,
-    ) -> Result<Box<dyn TableWriter>, SinkError>;
+        config: &SinkConfig,
+        notify: &[NotifyConfig],
+        registry: &Registry,
+    ) -> Result<Box<dyn TableWriter>, SinkError> {
+        let _ = registry;
+        if !notify.is_empty() {
+            return Err(SinkError {
+                table: table.to_owned(),
+                what: "sinks.notify: this build's sinks cannot deliver notifications".into(),
+                cause: None,
+            });
+        }
+        self.open(table, config)
+    }
 }
 
 /// The current rows of a table, kept for the live console (small tables only).

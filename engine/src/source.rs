@@ -120,6 +120,19 @@ pub trait SourcePartition<T>: Send {
     fn progress(&self) -> Option<Progress> {
         None
     }
+
+    /// Records available upstream but not read yet (a Kafka partition's high watermark
+    /// minus its position), if the partition knows; exported as a lag gauge.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+
+    /// Backpressure: the engine calls `set_paused(true)` when the dataflow has fallen
+    /// behind and it stops polling this partition, and `set_paused(false)` when it polls
+    /// again. A partition that prefetches (Kafka) stops fetching while paused, so memory
+    /// stays bounded however far the input runs ahead. The default does nothing: a file is
+    /// read only when polled.
+    fn set_paused(&mut self, _paused: bool) {}
 }
 
 /// A configured source: lists its partitions and opens any of them.
@@ -134,6 +147,16 @@ pub trait Source<T>: Send + Sync {
 
     /// Opens partition `index` (an index into [`partitions`](Source::partitions)).
     fn open(&self, index: usize) -> Result<Box<dyn SourcePartition<T>>, SourceError>;
+
+    /// Opens the partitions one worker owns, in the order of `indices`. The default opens
+    /// each with [`open`](Source::open); a source whose partitions share a connection (one
+    /// Kafka consumer per worker) overrides it.
+    fn open_owned(
+        &self,
+        indices: &[usize],
+    ) -> Result<Vec<Box<dyn SourcePartition<T>>>, SourceError> {
+        indices.iter().map(|&i| self.open(i)).collect()
+    }
 }
 
 /// The positions an epoch covers on one worker: for each partition the worker owns, the

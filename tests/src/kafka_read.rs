@@ -26,8 +26,51 @@ pub struct Record {
     pub seq: u64,
 }
 
-/// Every message of `topic`, per partition in offset order.
+/// One message as consumed, bytes as they are (for topics written by other producers than
+/// the changelog sink, e.g. the `replay` command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Partition it was read from.
+    pub partition: i32,
+    /// The key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The value, `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The headers, in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Every message of `topic` as changelog records (`cap.epoch`/`cap.seq` headers, text
+/// keys), per partition in offset order.
 pub fn read_topic(brokers: &str, topic: &str) -> Result<Vec<Record>> {
+    read_messages(brokers, topic)?
+        .into_iter()
+        .map(|m| {
+            let header = |name: &str| -> Result<u64> {
+                let (_, value) = m
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .with_context(|| format!("no {name} header"))?;
+                let value = value.as_deref().context("empty header")?;
+                Ok(std::str::from_utf8(value)?.parse()?)
+            };
+            Ok(Record {
+                partition: m.partition,
+                key: String::from_utf8(m.key.clone().context("message without a key")?)?,
+                value: m
+                    .value
+                    .as_deref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+                epoch: header("cap.epoch")?,
+                seq: header("cap.seq")?,
+            })
+        })
+        .collect()
+}
+
+/// Every message of `topic`, per partition in offset order.
+pub fn read_messages(brokers: &str, topic: &str) -> Result<Vec<RawMessage>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "cap-tests-reader")
@@ -58,20 +101,19 @@ pub fn read_topic(brokers: &str, topic: &str) -> Result<Vec<Record>> {
                 continue;
             };
             let m = m?;
-            let header = |name: &str| -> Result<u64> {
-                let headers = m.headers().context("no headers")?;
-                let h = headers
-                    .iter()
-                    .find(|h| h.key == name)
-                    .with_context(|| format!("no {name} header"))?;
-                Ok(std::str::from_utf8(h.value.context("empty header")?)?.parse()?)
-            };
-            out.push(Record {
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(RawMessage {
                 partition: m.partition(),
-                key: String::from_utf8(m.key().context("message without a key")?.to_vec())?,
-                value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
-                epoch: header("cap.epoch")?,
-                seq: header("cap.seq")?,
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers,
             });
             next = m.offset() + 1;
         }

@@ -551,3 +551,64 @@ pub fn batch_funnel(events: &[BatchEvent]) -> BTreeMap<(String, u64), u64> {
     }
     out
 }
+
+/// A webhook receiver on a free loopback port, for the notification tests: it answers every
+/// POST `200` and keeps each request's `Idempotency-Key` header and JSON body.
+pub struct WebhookReceiver {
+    /// `http://127.0.0.1:<port>/hook`.
+    pub url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl WebhookReceiver {
+    /// Starts serving from a background thread (one thread per connection).
+    pub fn start() -> Result<WebhookReceiver> {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>> = Default::default();
+        let log = std::sync::Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = std::sync::Arc::clone(&log);
+                std::thread::spawn(move || -> Result<()> {
+                    let mut reader = BufReader::new(&stream);
+                    let (mut line, mut key, mut len) = (String::new(), String::new(), 0usize);
+                    reader.read_line(&mut line)?; // request line
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            match k.trim().to_ascii_lowercase().as_str() {
+                                "content-length" => len = v.trim().parse()?,
+                                "idempotency-key" => key = v.trim().to_owned(),
+                                _ => {}
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body)?;
+                    let body: Value = serde_json::from_slice(&body)?;
+                    log.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((key, body));
+                    (&stream).write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )?;
+                    Ok(())
+                });
+            }
+        });
+        Ok(WebhookReceiver { url, requests })
+    }
+
+    /// The requests received so far: (`Idempotency-Key`, body), in arrival order.
+    pub fn requests(&self) -> Vec<(String, Value)> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}

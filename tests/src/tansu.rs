@@ -8,7 +8,7 @@
 //! one record per batch or with SQLite storage).
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ pub struct Tansu {
     /// `host:port` for `bootstrap.servers`.
     pub brokers: String,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    storage: String,
 }
 
 /// The tansu binary: `$CAP_TANSU`, else `tansu` on the PATH, else `~/.cargo/bin/tansu`.
@@ -52,53 +53,94 @@ impl Tansu {
     /// Starts a broker on a free loopback port with SQLite storage in a temporary folder and
     /// waits until it accepts connections.
     pub fn start() -> Result<Tansu> {
-        let bin = tansu_binary()?;
+        Tansu::start_with_storage("sqlite://tansu.db")
+    }
+
+    /// Starts a broker with the storage engine `storage` (`sqlite://tansu.db`, relative to
+    /// its temporary folder, or `memory://tansu/`, which is faster but, in tansu 0.6, may
+    /// keep fewer records of multi-record batches than it acknowledged).
+    pub fn start_with_storage(storage: &str) -> Result<Tansu> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("tansu.log");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::create(dir.path().join("tansu.err"))?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let brokers = format!("127.0.0.1:{port}");
+        let child = spawn(dir.path(), &brokers, storage)?;
         let mut broker = Tansu {
             child,
-            brokers: format!("127.0.0.1:{port}"),
+            brokers,
+            storage: storage.to_owned(),
             log,
-            _dir: dir,
+            dir,
         };
+        broker.wait_listening()?;
+        Ok(broker)
+    }
+
+    /// Kills the broker (as a crash would) and waits for it to exit. Its storage stays.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port over the same storage (after [`kill`]).
+    ///
+    /// [`kill`]: Tansu::kill
+    pub fn restart(&mut self) -> Result<()> {
+        self.child = spawn(self.dir.path(), &self.brokers, &self.storage)?;
+        self.wait_listening()
+    }
+
+    fn wait_listening(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&broker.brokers).is_err() {
-            if let Some(status) = broker.child.try_wait()? {
-                bail!("tansu exited at start ({status}): {}", broker.log_text());
+        while TcpStream::connect(&self.brokers).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("tansu exited at start ({status}): {}", self.log_text());
             }
             if Instant::now() > deadline {
                 bail!(
                     "tansu did not listen on {} in 30 s: {}",
-                    broker.brokers,
-                    broker.log_text()
+                    self.brokers,
+                    self.log_text()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(broker)
+        Ok(())
     }
 
     /// What the broker logged so far (for failure messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Starts tansu in `dir` with the storage engine `storage`, listening on `brokers`.
+fn spawn(dir: &Path, brokers: &str, storage: &str) -> Result<Child> {
+    let bin = tansu_binary()?;
+    let url = format!("tcp://{brokers}");
+    // Appends, so a restarted broker's log follows the first one's.
+    let append = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+    };
+    Command::new(&bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", storage])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(append("tansu.log")?)
+        .stderr(append("tansu.err")?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 impl Drop for Tansu {

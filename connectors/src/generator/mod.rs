@@ -112,7 +112,7 @@ mod tests;
 
 pub use source::{GeneratorPartition, GeneratorSource};
 pub use truth::{BotTruth, DdosTruth, GroundTruth};
-pub use write::{write_dataset, OutputFormat, WriteOptions, WriteReport};
+pub use write::{write_dataset, MergedEvents, OutputFormat, WriteOptions, WriteReport};
 
 /// Configuration of the synthetic clickstream (TOML section `generator`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

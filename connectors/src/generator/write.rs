@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::clickstream::encode::{write_csv, write_json, CSV_HEADER, CSV_HEADER_EXTENDED};
+use crate::clickstream::Event;
 
 use super::source::{GeneratorPartition, GeneratorSource};
 use super::{GeneratorConfig, GeneratorError};
@@ -187,30 +188,10 @@ pub fn write_dataset(
     let mut uncompressed = 0u64;
     let mut events = 0u64;
 
-    // k-way merge by event time over the partitions' next events.
-    let mut parts: Vec<GeneratorPartition> = Vec::with_capacity(cfg.partitions as usize);
-    let mut heads = Vec::with_capacity(cfg.partitions as usize);
-    let mut heap = BinaryHeap::with_capacity(cfg.partitions as usize);
-    for k in 0..cfg.partitions {
-        let mut p = source.partition(k)?;
-        let head = p.next_event();
-        if let Some(e) = &head {
-            heap.push(Reverse((e.event_time, k)));
-        }
-        heads.push(head);
-        parts.push(p);
-    }
-    while let Some(Reverse((_, k))) = heap.pop() {
-        let k = k as usize;
-        let next = parts[k].next_event();
-        if let Some(e) = &next {
-            heap.push(Reverse((e.event_time, k as u32)));
-        }
-        if let Some(e) = std::mem::replace(&mut heads[k], next) {
-            match opts.format {
-                OutputFormat::Csv => write_csv(&e, cfg.extensions, &mut buf),
-                OutputFormat::Json => write_json(&e, &mut buf),
-            }
+    for e in MergedEvents::new(&source)? {
+        match opts.format {
+            OutputFormat::Csv => write_csv(&e, cfg.extensions, &mut buf),
+            OutputFormat::Json => write_json(&e, &mut buf),
         }
         events += 1;
         if buf.len() >= (1 << 20) - 4096 {
@@ -233,4 +214,51 @@ pub fn write_dataset(
         uncompressed_bytes: uncompressed,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Every event of a source's partitions as one stream, merged by event time (ties go to the
+/// lower partition): the order [`write_dataset`] writes, and the `replay` command sends.
+/// Deterministic like the partitions themselves; unbounded when `events` is `None`.
+pub struct MergedEvents {
+    parts: Vec<GeneratorPartition>,
+    /// Each partition's next event.
+    heads: Vec<Option<Event>>,
+    /// `(event_time, partition)` of every present head, earliest first.
+    heap: BinaryHeap<Reverse<(i64, u32)>>,
+}
+
+impl MergedEvents {
+    /// Opens every partition of `source` and reads its first event.
+    pub fn new(source: &GeneratorSource) -> Result<MergedEvents, GeneratorError> {
+        let n = source.config().partitions;
+        let mut merged = MergedEvents {
+            parts: Vec::with_capacity(n as usize),
+            heads: Vec::with_capacity(n as usize),
+            heap: BinaryHeap::with_capacity(n as usize),
+        };
+        for k in 0..n {
+            let mut p = source.partition(k)?;
+            let head = p.next_event();
+            if let Some(e) = &head {
+                merged.heap.push(Reverse((e.event_time, k)));
+            }
+            merged.heads.push(head);
+            merged.parts.push(p);
+        }
+        Ok(merged)
+    }
+}
+
+impl Iterator for MergedEvents {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let Reverse((_, k)) = self.heap.pop()?;
+        let k = k as usize;
+        let next = self.parts[k].next_event();
+        if let Some(e) = &next {
+            self.heap.push(Reverse((e.event_time, k as u32)));
+        }
+        std::mem::replace(&mut self.heads[k], next)
+    }
 }

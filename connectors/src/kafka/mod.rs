@@ -1,5 +1,8 @@
-//! Kafka connectors (librdkafka through `rdkafka`): the changelog sink; the source follows.
+//! Kafka connectors (librdkafka through `rdkafka`): the clickstream source and the
+//! changelog sink.
 
 mod sink;
+mod source;
 
-pub use sink::{client_config, KafkaChangelogSink, EPOCH_HEADER, SEQ_HEADER};
+pub use sink::{client_config, KafkaChangelogSink, SinkDeliveryMetrics, EPOCH_HEADER, SEQ_HEADER};
+pub use source::{KafkaSource, KafkaSourceConfig, StartAt, StopAt, TopicConfig};

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cap_engine::config::KafkaSinkConfig;
+use cap_engine::metrics::{Counter, Registry};
 use cap_engine::sink::{Change, SinkError, TableWriter};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -50,10 +51,54 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     c
 }
 
-/// Delivery reports of one producer: how many are outstanding, the permanent failures.
+/// Delivery reports of one producer: the permanent failures, and counters.
 #[derive(Default)]
 struct Deliveries {
     failures: Mutex<Vec<String>>,
+    metrics: SinkDeliveryMetrics,
+}
+
+/// Per-table counters of the Kafka sink (`table` label).
+#[derive(Clone, Default)]
+pub struct SinkDeliveryMetrics {
+    /// Messages the brokers acknowledged.
+    pub delivered: Counter,
+    /// Messages the brokers rejected for good (after librdkafka's own retries).
+    pub failed: Counter,
+    /// Times an epoch's delivery waited longer than `delivery_warn_ms` (an outage or a
+    /// slow broker; the writer keeps waiting).
+    pub stalls: Counter,
+    /// Times the producer's local queue was full and the writer waited for room.
+    pub queue_full: Counter,
+}
+
+impl SinkDeliveryMetrics {
+    /// Registers the series of `table`.
+    pub fn new(registry: &Registry, table: &str) -> SinkDeliveryMetrics {
+        let labels = || vec![("table", table.to_owned())];
+        SinkDeliveryMetrics {
+            delivered: registry.counter(
+                "cap_kafka_sink_delivered_total",
+                "Changelog messages acknowledged by the brokers.",
+                labels(),
+            ),
+            failed: registry.counter(
+                "cap_kafka_sink_failed_total",
+                "Changelog messages the brokers rejected for good.",
+                labels(),
+            ),
+            stalls: registry.counter(
+                "cap_kafka_sink_stalls_total",
+                "Epoch deliveries that waited longer than delivery_warn_ms for the brokers.",
+                labels(),
+            ),
+            queue_full: registry.counter(
+                "cap_kafka_sink_queue_full_total",
+                "Times the producer's local queue was full and the writer waited.",
+                labels(),
+            ),
+        }
+    }
 }
 
 struct DeliveryContext(Arc<Deliveries>);
@@ -64,6 +109,10 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        match result {
+            Ok(_) => self.0.metrics.delivered.add(1),
+            Err(_) => self.0.metrics.failed.add(1),
+        }
         if let Err((e, msg)) = result {
             let key = msg
                 .key()
@@ -88,6 +137,15 @@ impl KafkaChangelogSink {
     /// Connects the producer for `table`, creating its topic when it is missing and
     /// `create_partitions > 0`.
     pub fn open(table: &str, cfg: &KafkaSinkConfig) -> Result<Self, SinkError> {
+        Self::open_with_metrics(table, cfg, SinkDeliveryMetrics::default())
+    }
+
+    /// As [`open`](Self::open), counting deliveries, failures and stalls in `metrics`.
+    pub fn open_with_metrics(
+        table: &str,
+        cfg: &KafkaSinkConfig,
+        metrics: SinkDeliveryMetrics,
+    ) -> Result<Self, SinkError> {
         let err = |what: String| SinkError {
             table: table.to_owned(),
             what,
@@ -98,14 +156,17 @@ impl KafkaChangelogSink {
         }
         let topic = format!("{}{}", cfg.topic_prefix, table);
         if cfg.create_partitions > 0 {
-            create_topic(&topic, cfg).map_err(|e| {
+            Self::create_topic(&topic, cfg).map_err(|e| {
                 err(format!(
                     "cannot create topic `{topic}` on {}: {e}",
                     cfg.brokers
                 ))
             })?;
         }
-        let deliveries = Arc::new(Deliveries::default());
+        let deliveries = Arc::new(Deliveries {
+            failures: Mutex::default(),
+            metrics,
+        });
         let mut c = client_config(cfg);
         // Exactly once per partition and in order: idempotence implies acks=all and
         // bounded in-flight requests; retries go on until flush gives up, which it never does.
@@ -140,14 +201,17 @@ impl KafkaChangelogSink {
         loop {
             match self.producer.flush(self.warn_after) {
                 Ok(()) => break,
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => warn!(
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    self.deliveries.metrics.stalls.add(1);
+                    warn!(
                     table = %self.table,
                     topic = %self.topic,
                     epoch,
                     waiting_s = started.elapsed().as_secs(),
                     in_flight = self.producer.in_flight_count(),
                     "kafka sink: brokers have not acknowledged the epoch yet; waiting"
-                ),
+                    )
+                }
                 Err(e) => return Err(self.error(format!("flush of epoch {epoch}: {e}"))),
             }
         }
@@ -195,6 +259,7 @@ impl TableWriter for KafkaChangelogSink {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
+                        self.deliveries.metrics.queue_full.add(1);
                         self.producer.poll(Duration::from_millis(10));
                     }
                     Err((e, _)) => {
@@ -214,28 +279,31 @@ impl TableWriter for KafkaChangelogSink {
     }
 }
 
-/// Creates `topic` unless it exists.
-fn create_topic(topic: &str, cfg: &KafkaSinkConfig) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(cfg).create().map_err(|e| e.to_string())?;
-    let new = NewTopic::new(
-        topic,
-        cfg.create_partitions,
-        TopicReplication::Fixed(cfg.create_replication),
-    );
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let results = runtime
-        .block_on(admin.create_topics([&new], &opts))
-        .map_err(|e| e.to_string())?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(format!("{t}: {code}")),
+impl KafkaChangelogSink {
+    /// Creates `topic` with `cfg.create_partitions` partitions of `cfg.create_replication`
+    /// replicas unless it exists: for the sink's topics and the `replay` command's.
+    pub(crate) fn create_topic(topic: &str, cfg: &KafkaSinkConfig) -> Result<(), String> {
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(cfg).create().map_err(|e| e.to_string())?;
+        let new = NewTopic::new(
+            topic,
+            cfg.create_partitions,
+            TopicReplication::Fixed(cfg.create_replication),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let results = runtime
+            .block_on(admin.create_topics([&new], &opts))
+            .map_err(|e| e.to_string())?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => return Err(format!("{t}: {code}")),
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
