@@ -188,20 +188,33 @@ fn topic_ends(brokers: &str) -> Result<BTreeMap<String, u64>> {
     Ok(ends)
 }
 
+/// The shared set-up: `events` generated events (seed `seed`) plus the bad lines, fed to the
+/// `web` (JSON, 3 partitions) and `app` (CSV, 2 partitions) topics, and the file run of the
+/// same records into `<dir>/files` with `epoch_records`-record epochs.
+fn feed_topics_and_run_file(
+    broker: &Tansu,
+    dir: &Path,
+    events: u64,
+    seed: u64,
+    epoch_records: &str,
+) -> Result<PathBuf> {
+    let csv = generate_csv(dir, events, seed, &[])?;
+    let all = dir.join("all.csv");
+    std::fs::copy(&csv, &all)?;
+    append_lines(&all, &BAD)?;
+    let (web, app) = split(&csv, dir)?;
+    replay(&broker.brokers, "web", &web, "json", "3")?;
+    replay(&broker.brokers, "app", &app, "csv", "2")?;
+    let files = dir.join("files");
+    cap_tests::run_on_csv(&all, &files, "2", epoch_records, &[])?;
+    Ok(files)
+}
+
 #[test]
 fn two_topics_over_workers_and_processes_equal_the_file_run() -> Result<()> {
     let broker = Tansu::start()?;
     let dir = tempfile::tempdir()?;
-    let csv = generate_csv(dir.path(), 3_000, 29, &[])?;
-    let all = dir.path().join("all.csv");
-    std::fs::copy(&csv, &all)?;
-    append_lines(&all, &BAD)?;
-    let (web, app) = split(&csv, dir.path())?;
-    replay(&broker.brokers, "web", &web, "json", "3")?;
-    replay(&broker.brokers, "app", &app, "csv", "2")?;
-
-    let files = dir.path().join("files");
-    cap_tests::run_on_csv(&all, &files, "2", "400", &[])?;
+    let files = feed_topics_and_run_file(&broker, dir.path(), 3_000, 29, "400")?;
     let config = kafka_config(dir.path(), &broker.brokers)?;
     let config = config.to_str().context("path")?;
 
@@ -254,15 +267,7 @@ fn records_read(addr: &str) -> Option<u64> {
 fn a_broker_restart_in_the_middle_of_a_run_loses_nothing() -> Result<()> {
     let mut broker = Tansu::start()?;
     let dir = tempfile::tempdir()?;
-    let csv = generate_csv(dir.path(), 4_000, 31, &[])?;
-    let all = dir.path().join("all.csv");
-    std::fs::copy(&csv, &all)?;
-    append_lines(&all, &BAD)?;
-    let (web, app) = split(&csv, dir.path())?;
-    replay(&broker.brokers, "web", &web, "json", "3")?;
-    replay(&broker.brokers, "app", &app, "csv", "2")?;
-    let files = dir.path().join("files");
-    cap_tests::run_on_csv(&all, &files, "2", "200", &[])?;
+    let files = feed_topics_and_run_file(&broker, dir.path(), 4_000, 31, "200")?;
 
     let config = kafka_config(dir.path(), &broker.brokers)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?

@@ -24,28 +24,12 @@ pub struct PipelineBench {
 
 /// Runs `job` on the generator with null sinks.
 pub fn run_pipeline<J: Job>(job: J, bench: &PipelineBench) -> anyhow::Result<RunReport> {
-    let mut layers = Layers::from_defaults(job.default_config())?;
-    layers.set("engine.workers", &bench.workers.to_string())?;
-    layers.set("engine.max_events", &bench.events.to_string())?;
-    layers.set("engine.epoch_records", &bench.epoch_records.to_string())?;
-    layers.set("engine.console", "false")?;
-    layers.set("engine.log_level", "warn")?;
-    layers.set("sinks.kind", "\"null\"")?;
-    layers.set("engine.state_dir", "\"target/bench-state\"")?;
+    let mut set = vec![format!("engine.max_events={}", bench.events)];
     if let Some(rate) = bench.rate {
-        layers.set("sources.clickstream.rate", &rate.to_string())?;
+        set.push(format!("sources.clickstream.rate={rate}"));
     }
-    for kv in &bench.set {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE: {kv}"))?;
-        layers.set(k, v)?;
-    }
-    Ok(run_job(
-        Arc::new(job),
-        layers,
-        Arc::new(cap_connectors::Connectors),
-    )?)
+    set.extend(bench.set.iter().cloned());
+    run_pipeline_with(job, bench.workers, bench.epoch_records, set)
 }
 
 /// Runs `job` with `workers` workers, `epoch_records`-record epochs, null sinks and the

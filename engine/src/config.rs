@@ -649,13 +649,23 @@ mod tests {
         let mut layers = Layers::from_defaults(DEFAULTS)?;
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("cap.toml");
-        std::fs::write(&file, "[sources.clickstream]\nkind = \"kafka\"\nbrokers = \"b:9092\"\n")?;
+        std::fs::write(
+            &file,
+            "[sources.clickstream]\nkind = \"kafka\"\nbrokers = \"b:9092\"\n",
+        )?;
         layers.merge_file(&file)?;
         let src = layers.table_at("sources.clickstream");
-        assert_eq!(src.get("events"), None, "generator keys left behind: {src:?}");
+        assert_eq!(
+            src.get("events"),
+            None,
+            "generator keys left behind: {src:?}"
+        );
         assert_eq!(src.get("brokers").and_then(|v| v.as_str()), Some("b:9092"));
         // The same kind merges key by key.
-        std::fs::write(&file, "[sources.clickstream]\nkind = \"kafka\"\nstop = \"end\"\n")?;
+        std::fs::write(
+            &file,
+            "[sources.clickstream]\nkind = \"kafka\"\nstop = \"end\"\n",
+        )?;
         layers.merge_file(&file)?;
         let src = layers.table_at("sources.clickstream");
         assert_eq!(src.get("brokers").and_then(|v| v.as_str()), Some("b:9092"));
