@@ -27,16 +27,24 @@ if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin
         || echo "warning: could not install tansu; the Kafka tests will fail" >&2
 fi
 
-# Python test dependencies: scikit-learn (from PyPI) for the k-means quality comparison in
-# tests/e2e_clusters.rs. Installed only when missing; the test itself fails if it cannot be.
-if command -v python3 >/dev/null 2>&1 && ! python3 -c "import sklearn, numpy" >/dev/null 2>&1; then
-    log "installing python test dependencies (scikit-learn)"
-    python3 -m pip install --quiet scikit-learn \
-        || echo "warning: could not install scikit-learn; the k-means quality test will fail" >&2
+# Python test dependencies from PyPI: scikit-learn for the k-means quality comparison in
+# tests/e2e_clusters.rs, confluent-kafka for the independent reader of the output topics
+# (tests/read_topics.py). Installed only when missing; the tests fail if they cannot be.
+if command -v python3 >/dev/null 2>&1; then
+    missing=()
+    python3 -c "import sklearn, numpy" >/dev/null 2>&1 || missing+=(scikit-learn)
+    python3 -c "import confluent_kafka" >/dev/null 2>&1 || missing+=(confluent-kafka)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing python test dependencies (${missing[*]})"
+        python3 -m pip install --quiet "${missing[@]}" \
+            || echo "warning: could not install ${missing[*]}; the tests that use them will fail" >&2
+    fi
 fi
 
 log "building the workspace (dev profile, shared by tests and binaries)"
 cargo build --workspace --all-targets --locked
+# The tests' job_binary() then uses this build as it is instead of invoking cargo again.
+export CAP_TESTS_PREBUILT=1
 
 if cargo nextest --version >/dev/null 2>&1; then
     log "running tests with cargo-nextest"
