@@ -2,6 +2,7 @@
 //! - `sum_by_key` over monoid counters (600 categories x 168 hours);
 //! - `top_k` (flat, and hierarchical with fanout 64) fed by changing category counts;
 //!   also one group of 200 000 values, where the hierarchical form pays off;
+//! - `latest_by_key` over an upsert log of 100 000 keys;
 //! - the four aggregate tables of customer-analytics over generated events.
 //!
 //! ```text
@@ -16,6 +17,7 @@ use cap_connectors::generator::{GeneratorConfig, GeneratorSource};
 use cap_engine::source::{Polled, Source, SourceRecord};
 use cap_operators::aggregate::sum_by_key;
 use cap_operators::topk::{top_k, top_k_hierarchical};
+use cap_operators::upsert::latest_by_key;
 use cap_operators::VecCollection;
 use clap::Parser;
 use customer_analytics::tables;
@@ -190,6 +192,17 @@ fn main() -> anyhow::Result<()> {
         top_k_hierarchical(c, 10, most_first, 64)
     });
     report("top_k_hierarchical fanout 64 (1 x 200000)", m, secs);
+
+    // latest_by_key: an upsert log (user, offset, tier) over 100K users, a tenth deletions.
+    let log: Vec<((u64, u64, Option<u8>), isize)> = (0..n)
+        .map(|i| {
+            let user = rng.below(100_000);
+            let tier = (rng.below(10) > 0).then(|| rng.below(4) as u8);
+            ((user, i as u64, tier), 1)
+        })
+        .collect();
+    let secs = time_dataflow(log, args.epoch, latest_by_key);
+    report("latest_by_key (100000 keys)", n, secs);
 
     // The job's aggregate tables over generated events.
     let events: Vec<(Event, isize)> = generate(n)?.into_iter().map(|e| (e, 1)).collect();

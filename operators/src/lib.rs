@@ -19,6 +19,7 @@
 //! | [`traits`] | per key: sums of monoid values, min/max, distinct counts, top-k by frequency; a collection's max |
 //! | [`similarity::similar_items`] | per item, its top-k items by exact cosine of their user sets |
 //! | [`recommend::recommend`] | per user, top-k items scored through similar items, filled from a category's best sellers |
+//! | [`upsert::latest_by_key`] | per key, the latest value of a keyed upsert log (tombstones remove the key) |
 //!
 //! ```
 //! use differential_dataflow::input::Input;
@@ -53,6 +54,7 @@ pub mod testing;
 mod timed;
 pub mod topk;
 pub mod traits;
+pub mod upsert;
 
 pub use differential_dataflow::VecCollection;
 
