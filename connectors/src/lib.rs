@@ -1,6 +1,7 @@
 //! CAP connectors: where data comes from and where results go.
 //!
 //! - [`clickstream`]: the event model of the output contract and its CSV/JSON codecs.
+//! - [`crm`]: CRM customer profiles as keyed upserts (read with [`open_profiles`]).
 //! - [`generator`]: a deterministic, calibrated synthetic clickstream (a source and the
 //!   `generate` command).
 //! - [`file`]: replays CSV/JSON files (plain or gzip) as a partitioned source.
@@ -36,6 +37,7 @@ use cap_engine::sink::{SinkError, SinkFactory, TableWriter};
 use cap_engine::source::{Source, SourceError};
 
 pub mod clickstream;
+pub mod crm;
 pub mod file;
 pub mod generate_cmd;
 pub mod generator;
@@ -91,6 +93,29 @@ pub fn open_clickstream(
             reason: format!("{prefix}.kind is `{other}`; expected `generator`, `file` or `kafka`"),
         }),
     }
+}
+
+/// Opens a CRM profile source from its `[sources.NAME]` table: `kind = "kafka"`, whose
+/// topics hold JSON profiles keyed by user id, and tombstones (see [`crm`]). Errors name
+/// the key and the reason.
+pub fn open_profiles(
+    name: &str,
+    table: &toml::Table,
+) -> Result<Arc<dyn Source<crm::ProfileUpsert>>, SourceError> {
+    let prefix = format!("sources.{name}");
+    let kind = table.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+    if kind != "kafka" {
+        return Err(SourceError::Config {
+            source_name: name.to_owned(),
+            reason: format!("{prefix}.kind is `{kind}`; profile sources are `kafka`"),
+        });
+    }
+    let cfg: kafka::KafkaSourceConfig =
+        typed_table(&prefix, table.clone()).map_err(|e| SourceError::Config {
+            source_name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Arc::new(kafka::KafkaSource::profiles(name, cfg)?))
 }
 
 /// The connectors linked into a job binary: sinks (`file`, `null`) and the `generate` command.

@@ -32,6 +32,8 @@ pub struct Record {
 pub struct RawMessage {
     /// Partition it was read from.
     pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
     /// The key, if any.
     pub key: Option<Vec<u8>>,
     /// The value, `None` for a tombstone.
@@ -111,6 +113,7 @@ pub fn read_messages(brokers: &str, topic: &str) -> Result<Vec<RawMessage>> {
                 .unwrap_or_default();
             out.push(RawMessage {
                 partition: m.partition(),
+                offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
                 headers,

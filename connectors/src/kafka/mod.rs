@@ -1,8 +1,13 @@
-//! Kafka connectors (librdkafka through `rdkafka`): the clickstream source and the
+//! Kafka connectors (librdkafka through `rdkafka`): the clickstream and profile source and the
 //! changelog sink.
 
+#[cfg(test)]
+mod examples_test;
 mod sink;
 mod source;
 
 pub use sink::{client_config, KafkaChangelogSink, SinkDeliveryMetrics, EPOCH_HEADER, SEQ_HEADER};
-pub use source::{KafkaSource, KafkaSourceConfig, StartAt, StopAt, TopicConfig};
+pub use source::{
+    EventDecoder, KafkaSource, KafkaSourceConfig, MessageDecoder, ProfileDecoder, StartAt, StopAt,
+    TopicConfig,
+};

@@ -281,8 +281,8 @@ impl TableWriter for KafkaChangelogSink {
 
 impl KafkaChangelogSink {
     /// Creates `topic` with `cfg.create_partitions` partitions of `cfg.create_replication`
-    /// replicas unless it exists: for the sink's topics and the `replay` command's.
-    pub(crate) fn create_topic(topic: &str, cfg: &KafkaSinkConfig) -> Result<(), String> {
+    /// replicas unless it exists: for the sink's topics, the `replay` command's and tools'.
+    pub fn create_topic(topic: &str, cfg: &KafkaSinkConfig) -> Result<(), String> {
         let admin: AdminClient<DefaultClientContext> =
             client_config(cfg).create().map_err(|e| e.to_string())?;
         let new = NewTopic::new(

@@ -1,5 +1,6 @@
-//! The Kafka source: several topics of clickstream events, their partitions spread over
-//! every worker of every process, each read by offset.
+//! The Kafka source: several topics of clickstream events (or of CRM profile upserts, see
+//! [`KafkaSource::profiles`] and [`crate::crm`]), their partitions spread over every worker
+//! of every process, each read by offset.
 //!
 //! ```text
 //!  [sources.clickstream]  kind = "kafka", topics = [clickstream, app-logs, social]
@@ -60,6 +61,7 @@ use crate::clickstream::csv::CsvDecoder;
 use crate::clickstream::encode::CSV_HEADER_EXTENDED;
 use crate::clickstream::json::JsonDecoder;
 use crate::clickstream::{Channel, DecodeOptions, Event};
+use crate::crm::{decode_upsert, ProfileUpsert};
 use crate::file::Format;
 
 /// Where a partition starts reading.
@@ -167,27 +169,80 @@ fn default_max_year() -> i32 {
     DecodeOptions::default().max_year
 }
 
-/// The decoder of one topic's values.
+/// How one topic's messages become records: clickstream [`Event`]s, or CRM
+/// [`ProfileUpsert`]s.
+pub trait MessageDecoder: Clone + Send + Sync + 'static {
+    /// What a message decodes to.
+    type Item;
+    /// Decodes the message at `offset` of partition `partition` (its index in the source's
+    /// partition list) into an item or a dead letter naming `dead_source`.
+    fn decode(
+        &self,
+        dead_source: &str,
+        partition: u32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> SourceRecord<Self::Item>;
+}
+
+/// The decoder of one clickstream topic's values.
 #[derive(Clone)]
 enum ValueDecoder {
     Json(JsonDecoder),
     Csv(Arc<CsvDecoder>),
 }
 
-/// One topic, resolved: name, decoder, default channel.
+/// Decodes a clickstream topic: JSON or CSV values, with the topic's default channel.
 #[derive(Clone)]
-struct Topic {
-    name: String,
+pub struct EventDecoder {
     decoder: ValueDecoder,
     channel: Option<Channel>,
 }
 
-impl Topic {
-    /// Decodes one message's value into an event or a dead letter.
+/// Decodes a CRM profile topic: keyed upserts (see [`crate::crm`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProfileDecoder;
+
+/// One topic, resolved: its name and decoder.
+#[derive(Clone)]
+struct Topic<D> {
+    name: String,
+    decoder: D,
+}
+
+impl MessageDecoder for ProfileDecoder {
+    type Item = ProfileUpsert;
+
     fn decode(
         &self,
         dead_source: &str,
+        partition: u32,
         offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> SourceRecord<ProfileUpsert> {
+        let position = offset.max(0) as Position;
+        let item = decode_upsert(key, value, (position, partition)).map_err(|why| {
+            let mut raw = key.map(<[u8]>::to_vec).unwrap_or_default();
+            raw.extend_from_slice(b"\t");
+            raw.extend_from_slice(value.unwrap_or_default());
+            DeadLetter::new(dead_source, position, &raw, why)
+        });
+        SourceRecord { position, item }
+    }
+}
+
+impl MessageDecoder for EventDecoder {
+    type Item = Event;
+
+    /// Decodes one message's value into an event or a dead letter (the key is not used).
+    fn decode(
+        &self,
+        dead_source: &str,
+        _partition: u32,
+        offset: i64,
+        _key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> SourceRecord<Event> {
         let position = offset as Position;
@@ -227,20 +282,64 @@ impl Topic {
     }
 }
 
-/// A configured Kafka source (see the module docs).
-pub struct KafkaSource {
+/// A configured Kafka source (see the module docs): clickstream events by default
+/// ([`KafkaSource::new`]), CRM profile upserts with [`KafkaSource::profiles`].
+pub struct KafkaSource<D = EventDecoder> {
     name: String,
     config: KafkaSourceConfig,
-    topics: Vec<Topic>,
+    topics: Vec<Topic<D>>,
     /// `(topic index, partition)` per partition label, in label order.
     partitions: Vec<(usize, i32)>,
     start_ms: Option<i64>,
 }
 
-impl KafkaSource {
-    /// Validates `config` and reads every topic's partitions from the brokers (waiting up
-    /// to `metadata_timeout_ms` for them). Errors name the key, the topic or the brokers.
+impl KafkaSource<EventDecoder> {
+    /// A source of clickstream events: validates `config` and reads every topic's
+    /// partitions from the brokers (waiting up to `metadata_timeout_ms` for them). Errors
+    /// name the key, the topic or the brokers.
     pub fn new(name: &str, config: KafkaSourceConfig) -> Result<KafkaSource, SourceError> {
+        let prefix = format!("sources.{name}");
+        if config.min_year > config.max_year {
+            return Err(SourceError::Config {
+                source_name: name.to_owned(),
+                reason: format!(
+                    "{prefix}.min_year ({}) is after max_year ({})",
+                    config.min_year, config.max_year
+                ),
+            });
+        }
+        let topics = resolve_topics(&prefix, &config).map_err(|reason| SourceError::Config {
+            source_name: name.to_owned(),
+            reason,
+        })?;
+        KafkaSource::with_topics(name, config, topics)
+    }
+}
+
+impl KafkaSource<ProfileDecoder> {
+    /// A source of CRM profile upserts (see [`crate::crm`]): every topic holds JSON
+    /// profiles keyed by user id, and tombstones. Errors as [`KafkaSource::new`].
+    pub fn profiles(
+        name: &str,
+        config: KafkaSourceConfig,
+    ) -> Result<KafkaSource<ProfileDecoder>, SourceError> {
+        let prefix = format!("sources.{name}");
+        let topics =
+            resolve_profile_topics(&prefix, &config).map_err(|reason| SourceError::Config {
+                source_name: name.to_owned(),
+                reason,
+            })?;
+        KafkaSource::with_topics(name, config, topics)
+    }
+}
+
+impl<D: MessageDecoder> KafkaSource<D> {
+    /// Validates what every Kafka source shares and reads the topics' partitions.
+    fn with_topics(
+        name: &str,
+        config: KafkaSourceConfig,
+        topics: Vec<Topic<D>>,
+    ) -> Result<KafkaSource<D>, SourceError> {
         let prefix = format!("sources.{name}");
         let cfg_err = |reason: String| SourceError::Config {
             source_name: name.to_owned(),
@@ -249,18 +348,11 @@ impl KafkaSource {
         if config.brokers.trim().is_empty() {
             return Err(cfg_err(format!("{prefix}.brokers is empty")));
         }
-        if config.topics.is_empty() {
+        if topics.is_empty() {
             return Err(cfg_err(format!(
                 "{prefix}.topics is empty: list at least one [[{prefix}.topics]] with a name"
             )));
         }
-        if config.min_year > config.max_year {
-            return Err(cfg_err(format!(
-                "{prefix}.min_year ({}) is after max_year ({})",
-                config.min_year, config.max_year
-            )));
-        }
-        let topics = resolve_topics(&prefix, &config).map_err(cfg_err)?;
         let start_ms = match (config.start, &config.start_timestamp) {
             (StartAt::Timestamp, None) => {
                 return Err(cfg_err(format!(
@@ -468,8 +560,23 @@ impl KafkaSource {
     }
 }
 
-/// The topics of `config`, validated, with their decoders; errors name the key.
-fn resolve_topics(prefix: &str, config: &KafkaSourceConfig) -> Result<Vec<Topic>, String> {
+/// Checks the name of topic `i` (the `{prefix}.topics[i]` key) against those before it.
+fn check_topic_name(key: &str, config: &KafkaSourceConfig, i: usize) -> Result<(), String> {
+    let name = &config.topics[i].name;
+    if name.trim().is_empty() {
+        return Err(format!("{key}.name is empty"));
+    }
+    if config.topics[..i].iter().any(|t| &t.name == name) {
+        return Err(format!("{key}.name `{name}` is listed twice"));
+    }
+    Ok(())
+}
+
+/// The clickstream topics of `config`, validated, with their decoders; errors name the key.
+fn resolve_topics(
+    prefix: &str,
+    config: &KafkaSourceConfig,
+) -> Result<Vec<Topic<EventDecoder>>, String> {
     let options = DecodeOptions {
         min_year: config.min_year,
         max_year: config.max_year,
@@ -477,12 +584,7 @@ fn resolve_topics(prefix: &str, config: &KafkaSourceConfig) -> Result<Vec<Topic>
     let mut topics = Vec::new();
     for (i, t) in config.topics.iter().enumerate() {
         let key = format!("{prefix}.topics[{i}]");
-        if t.name.trim().is_empty() {
-            return Err(format!("{key}.name is empty"));
-        }
-        if topics.iter().any(|x: &Topic| x.name == t.name) {
-            return Err(format!("{key}.name `{}` is listed twice", t.name));
-        }
+        check_topic_name(&key, config, i)?;
         let channel = match &t.channel {
             None => None,
             Some(c) => Some(Channel::parse(c.as_bytes()).ok_or_else(|| {
@@ -500,8 +602,34 @@ fn resolve_topics(prefix: &str, config: &KafkaSourceConfig) -> Result<Vec<Topic>
         };
         topics.push(Topic {
             name: t.name.clone(),
-            decoder,
-            channel,
+            decoder: EventDecoder { decoder, channel },
+        });
+    }
+    Ok(topics)
+}
+
+/// The profile topics of `config`: JSON values only, no channel or CSV header.
+fn resolve_profile_topics(
+    prefix: &str,
+    config: &KafkaSourceConfig,
+) -> Result<Vec<Topic<ProfileDecoder>>, String> {
+    let mut topics = Vec::new();
+    for (i, t) in config.topics.iter().enumerate() {
+        let key = format!("{prefix}.topics[{i}]");
+        check_topic_name(&key, config, i)?;
+        if t.format != Format::Json {
+            return Err(format!(
+                "{key}.format: profile topics hold JSON values; `csv` is not supported"
+            ));
+        }
+        if t.channel.is_some() || t.csv_header.is_some() {
+            return Err(format!(
+                "{key}: `channel` and `csv_header` apply to clickstream topics, not to profiles"
+            ));
+        }
+        topics.push(Topic {
+            name: t.name.clone(),
+            decoder: ProfileDecoder,
         });
     }
     Ok(topics)
@@ -526,7 +654,7 @@ fn parse_start_timestamp(v: &toml::Value) -> Result<i64, String> {
     }
 }
 
-impl Source<Event> for KafkaSource {
+impl<D: MessageDecoder> Source<D::Item> for KafkaSource<D> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -538,7 +666,7 @@ impl Source<Event> for KafkaSource {
             .collect()
     }
 
-    fn open(&self, index: usize) -> Result<Box<dyn SourcePartition<Event>>, SourceError> {
+    fn open(&self, index: usize) -> Result<Box<dyn SourcePartition<D::Item>>, SourceError> {
         let mut one = self.open_owned(&[index])?;
         one.pop()
             .ok_or_else(|| self.error(format!("no partition {index}")))
@@ -547,7 +675,7 @@ impl Source<Event> for KafkaSource {
     fn open_owned(
         &self,
         indices: &[usize],
-    ) -> Result<Vec<Box<dyn SourcePartition<Event>>>, SourceError> {
+    ) -> Result<Vec<Box<dyn SourcePartition<D::Item>>>, SourceError> {
         if indices.is_empty() {
             return Ok(Vec::new());
         }
@@ -576,8 +704,8 @@ impl Source<Event> for KafkaSource {
         consumer
             .assign(&tpl)
             .map_err(|e| self.error(format!("cannot assign partitions: {e}")))?;
-        let mut out: Vec<Box<dyn SourcePartition<Event>>> = Vec::with_capacity(parts.len());
-        for (&(ti, p), &(start, end)) in parts.iter().zip(&offsets) {
+        let mut out: Vec<Box<dyn SourcePartition<D::Item>>> = Vec::with_capacity(parts.len());
+        for ((&(ti, p), &(start, end)), &index) in parts.iter().zip(&offsets).zip(indices) {
             let topic = &self.topics[ti];
             let label = format!("{}/{p}", topic.name);
             let queue = consumer
@@ -589,6 +717,7 @@ impl Source<Event> for KafkaSource {
                 label,
                 topic: topic.clone(),
                 partition: p,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
                 consumer: Arc::clone(&consumer),
                 shared: Arc::clone(&shared),
                 queue,
@@ -605,8 +734,8 @@ impl Source<Event> for KafkaSource {
     }
 }
 
-/// A message returned by the main queue: its offset and value.
-type Stray = (i64, Option<Vec<u8>>);
+/// A message returned by the main queue: its offset, key and value.
+type Stray = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// What the consumer's callbacks learn, shared by the partitions of one consumer.
 #[derive(Default)]
@@ -686,11 +815,13 @@ impl ConsumerContext for SourceContext {
 }
 
 /// One assigned partition of a worker's consumer.
-struct KafkaPartition {
+struct KafkaPartition<D> {
     label: String,
     dead_source: String,
-    topic: Topic,
+    topic: Topic<D>,
     partition: i32,
+    /// This partition's index in the source's partition list (the upsert order's tie-break).
+    index: u32,
     consumer: Arc<BaseConsumer<SourceContext>>,
     shared: Arc<Shared>,
     queue: PartitionQueue<SourceContext>,
@@ -704,7 +835,7 @@ struct KafkaPartition {
     paused: bool,
 }
 
-impl KafkaPartition {
+impl<D: MessageDecoder> KafkaPartition<D> {
     fn tpl(&self, offset: Option<i64>) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         match offset {
@@ -730,7 +861,11 @@ impl KafkaPartition {
                     strays
                         .entry((m.topic().to_owned(), m.partition()))
                         .or_default()
-                        .push((m.offset(), m.payload().map(<[u8]>::to_vec)));
+                        .push((
+                            m.offset(),
+                            m.key().map(<[u8]>::to_vec),
+                            m.payload().map(<[u8]>::to_vec),
+                        ));
                 }
                 Err(e) => self.note_error(&e),
             }
@@ -741,11 +876,18 @@ impl KafkaPartition {
         warn!(source = %self.dead_source, error = %e, "kafka source: consumer error; retrying");
     }
 
-    fn accept(&mut self, offset: i64, payload: Option<&[u8]>, out: &mut Vec<SourceRecord<Event>>) {
+    fn accept(
+        &mut self,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        out: &mut Vec<SourceRecord<D::Item>>,
+    ) {
         if offset < self.next {
             return; // already yielded (a message fetched before a seek)
         }
-        out.push(self.topic.decode(&self.dead_source, offset, payload));
+        let decoder = &self.topic.decoder;
+        out.push(decoder.decode(&self.dead_source, self.index, offset, key, value));
         self.next = offset + 1;
     }
 
@@ -773,7 +915,7 @@ impl KafkaPartition {
     }
 }
 
-impl SourcePartition<Event> for KafkaPartition {
+impl<D: MessageDecoder> SourcePartition<D::Item> for KafkaPartition<D> {
     fn label(&self) -> &str {
         &self.label
     }
@@ -785,7 +927,7 @@ impl SourcePartition<Event> for KafkaPartition {
     fn poll(
         &mut self,
         budget: usize,
-        out: &mut Vec<SourceRecord<Event>>,
+        out: &mut Vec<SourceRecord<D::Item>>,
     ) -> Result<Polled, SourceError> {
         if self.at_end() {
             return Ok(Polled::Exhausted);
@@ -796,8 +938,8 @@ impl SourcePartition<Event> for KafkaPartition {
             let mut strays = self.shared.strays.lock().unwrap_or_else(|p| p.into_inner());
             strays.remove(&(self.topic.name.clone(), self.partition))
         };
-        for (offset, payload) in strays.into_iter().flatten() {
-            self.accept(offset, payload.as_deref(), out);
+        for (offset, key, value) in strays.into_iter().flatten() {
+            self.accept(offset, key.as_deref(), value.as_deref(), out);
         }
         while out.len() - before < budget && !self.at_end() {
             match self.queue.poll(Duration::ZERO) {
@@ -808,7 +950,13 @@ impl SourcePartition<Event> for KafkaPartition {
                     if offset < self.next {
                         continue;
                     }
-                    let rec = self.topic.decode(&self.dead_source, offset, m.payload());
+                    let rec = self.topic.decoder.decode(
+                        &self.dead_source,
+                        self.index,
+                        offset,
+                        m.key(),
+                        m.payload(),
+                    );
                     drop(m);
                     out.push(rec);
                     self.next = offset + 1;
@@ -892,7 +1040,7 @@ mod tests {
         }
     }
 
-    fn topics(topics: &str) -> Result<Vec<Topic>, String> {
+    fn topics(topics: &str) -> Result<Vec<Topic<EventDecoder>>, String> {
         resolve_topics("sources.clickstream", &config(topics))
     }
 
@@ -903,13 +1051,17 @@ mod tests {
         let t = topics(
             "[[topics]]\nname = \"web\"\n[[topics]]\nname = \"app\"\nformat = \"csv\"\nchannel = \"app\"",
         )?;
-        let web = t[0].decode("clickstream:web/0", 7, Some(JSON_VIEW));
+        let web = t[0]
+            .decoder
+            .decode("clickstream:web/0", 0, 7, None, Some(JSON_VIEW));
         assert_eq!(web.position, 7);
         let e = web.item.map_err(|d| d.reason)?;
         assert_eq!((e.user_id, e.price_cents, e.channel), (3, 150, None));
 
         let line = b"2019-11-01 00:00:01 UTC,cart,1,2,,,2.00,3,,1.2.3.4,ua,,\n";
-        let app = t[1].decode("clickstream:app/1", 9, Some(line));
+        let app = t[1]
+            .decoder
+            .decode("clickstream:app/1", 0, 9, None, Some(line));
         let e = app.item.map_err(|d| d.reason)?;
         assert_eq!(
             (e.event_type.as_str(), e.channel),
@@ -918,7 +1070,8 @@ mod tests {
         // A channel in the record wins over the topic's.
         let line = b"2019-11-01 00:00:01 UTC,cart,1,2,,,2.00,3,,,,social,";
         let e = t[1]
-            .decode("clickstream:app/1", 10, Some(line))
+            .decoder
+            .decode("clickstream:app/1", 0, 10, None, Some(line))
             .item
             .map_err(|d| d.reason)?;
         assert_eq!(e.channel, Some(Channel::Social));
@@ -929,7 +1082,13 @@ mod tests {
     fn bad_values_and_tombstones_are_dead_letters_naming_partition_and_offset() -> Result<(), String>
     {
         let t = topics("[[topics]]\nname = \"web\"")?;
-        let bad = t[0].decode("clickstream:web/2", 41, Some(b"{\"event_type\":\"view\""));
+        let bad = t[0].decoder.decode(
+            "clickstream:web/2",
+            0,
+            41,
+            None,
+            Some(b"{\"event_type\":\"view\""),
+        );
         match bad.item {
             Ok(e) => return Err(format!("decoded {e:?}")),
             Err(d) => {
@@ -938,13 +1097,63 @@ mod tests {
                 assert!(!d.reason.is_empty());
             }
         }
-        match t[0].decode("clickstream:web/2", 42, None).item {
+        match t[0]
+            .decoder
+            .decode("clickstream:web/2", 0, 42, None, None)
+            .item
+        {
             Ok(e) => Err(format!("decoded {e:?}")),
             Err(d) => {
                 assert!(d.reason.contains("no value"), "{}", d.reason);
                 Ok(())
             }
         }
+    }
+
+    #[test]
+    fn profile_topics_decode_keyed_upserts_and_tombstones() -> Result<(), String> {
+        let c = config("[[topics]]\nname = \"crm\"");
+        let t = resolve_profile_topics("sources.profiles", &c)?;
+        let up = t[0]
+            .decoder
+            .decode(
+                "profiles:crm/1",
+                3,
+                12,
+                Some(b"42"),
+                Some(br#"{"tier":"gold"}"#),
+            )
+            .item
+            .map_err(|d| d.reason)?;
+        assert_eq!((up.user_id, up.seq), (42, (12, 3)));
+        assert_eq!(up.profile.and_then(|p| p.tier).as_deref(), Some("gold"));
+        let del = t[0]
+            .decoder
+            .decode("profiles:crm/1", 3, 13, Some(b"42"), None);
+        assert_eq!(del.item.map_err(|d| d.reason)?.profile, None);
+        match t[0]
+            .decoder
+            .decode("profiles:crm/1", 3, 14, Some(b"7"), Some(b"{"))
+            .item
+        {
+            Ok(u) => return Err(format!("decoded {u:?}")),
+            Err(d) => {
+                assert_eq!((d.source.as_str(), d.position), ("profiles:crm/1", 14));
+                assert_eq!(d.raw, b"7\t{", "key and value are kept");
+                assert!(d.reason.contains("invalid JSON"), "{}", d.reason);
+            }
+        }
+        let csv = config("[[topics]]\nname = \"crm\"\nformat = \"csv\"");
+        let e = resolve_profile_topics("sources.profiles", &csv)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("sources.profiles.topics[0].format"), "{e}");
+        let chan = config("[[topics]]\nname = \"crm\"\nchannel = \"app\"");
+        let e = resolve_profile_topics("sources.profiles", &chan)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("apply to clickstream topics"), "{e}");
+        Ok(())
     }
 
     #[test]
