@@ -509,7 +509,12 @@ impl Sender {
             .set("partitioner", "murmur2_random");
         let producer = c
             .create_with_context(DeliveryContext(Arc::clone(&failures)))
-            .map_err(|e| format!("cannot create the producer for `{topic}`: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot create the producer for `{topic}`: {}",
+                    crate::kafka::client_error(&e)
+                )
+            })?;
         Ok(Sender {
             topic: topic.to_owned(),
             producer,

@@ -6,7 +6,9 @@ mod examples_test;
 mod sink;
 mod source;
 
-pub use sink::{client_config, KafkaChangelogSink, SinkDeliveryMetrics, EPOCH_HEADER, SEQ_HEADER};
+pub use sink::{
+    client_config, client_error, KafkaChangelogSink, SinkDeliveryMetrics, EPOCH_HEADER, SEQ_HEADER,
+};
 pub use source::{
     EventDecoder, KafkaSource, KafkaSourceConfig, MessageDecoder, ProfileDecoder, StartAt, StopAt,
     TopicConfig,

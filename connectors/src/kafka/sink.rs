@@ -41,7 +41,7 @@ pub const EPOCH_HEADER: &str = "cap.epoch";
 pub const SEQ_HEADER: &str = "cap.seq";
 
 /// The client configuration shared by the sink's producer and admin client: the brokers,
-/// then the passed-through properties (which may override anything but the brokers).
+/// then the passed-through properties (`bootstrap.servers` among them replaces `brokers`).
 pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
@@ -49,6 +49,35 @@ pub fn client_config(cfg: &KafkaSinkConfig) -> ClientConfig {
         c.set(k, v);
     }
     c
+}
+
+/// Whether a librdkafka property holds a secret whose value must never be logged.
+fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "jaas",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+/// A client error as text for logs and error messages. librdkafka's configuration errors
+/// end with the rejected value, which for `sasl.password` or `ssl.key.password` would put
+/// the secret in the log: those values are replaced by `<redacted>`.
+pub fn client_error(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, desc, key, _) if is_secret_property(key) => {
+            format!("Client config error: {desc} {key} <redacted>")
+        }
+        KafkaError::ClientConfig(_, desc, key, value) => {
+            format!("Client config error: {desc} {key} {value}")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Delivery reports of one producer: the permanent failures, and counters.
@@ -176,7 +205,12 @@ impl KafkaChangelogSink {
             .set("linger.ms", "5");
         let producer = c
             .create_with_context(DeliveryContext(Arc::clone(&deliveries)))
-            .map_err(|e| err(format!("cannot create the producer for `{topic}`: {e}")))?;
+            .map_err(|e| {
+                err(format!(
+                    "cannot create the producer for `{topic}`: {}",
+                    client_error(&e)
+                ))
+            })?;
         info!(table, topic, brokers = %cfg.brokers, "kafka sink ready");
         Ok(KafkaChangelogSink {
             table: table.to_owned(),
@@ -284,7 +318,7 @@ impl KafkaChangelogSink {
     /// replicas unless it exists: for the sink's topics, the `replay` command's and tools'.
     pub fn create_topic(topic: &str, cfg: &KafkaSinkConfig) -> Result<(), String> {
         let admin: AdminClient<DefaultClientContext> =
-            client_config(cfg).create().map_err(|e| e.to_string())?;
+            client_config(cfg).create().map_err(|e| client_error(&e))?;
         let new = NewTopic::new(
             topic,
             cfg.create_partitions,
@@ -305,5 +339,37 @@ impl KafkaChangelogSink {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaConfRes;
+
+    use super::*;
+
+    fn config_error(key: &str, value: &str) -> KafkaError {
+        KafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value".into(),
+            key.into(),
+            value.into(),
+        )
+    }
+
+    #[test]
+    fn config_errors_name_the_property_but_not_a_secret_value() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "SASL.JAAS.CONFIG",
+            "sasl.oauthbearer.client.secret",
+        ] {
+            let text = client_error(&config_error(key, "hunter2"));
+            assert!(text.contains(key) && text.contains("<redacted>"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        let text = client_error(&config_error("compression.type", "zip"));
+        assert!(text.ends_with("compression.type zip"), "{text}");
     }
 }

@@ -435,7 +435,12 @@ impl<D: MessageDecoder> KafkaSource<D> {
         let consumer: BaseConsumer<SourceContext> = self
             .client_config()
             .create_with_context(SourceContext::new(&self.name))
-            .map_err(|e| self.error(format!("cannot create a Kafka consumer: {e}")))?;
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot create a Kafka consumer: {}",
+                    super::client_error(&e)
+                ))
+            })?;
         let deadline = Instant::now() + self.timeout();
         let mut out = Vec::new();
         for (ti, topic) in self.topics.iter().enumerate() {
@@ -693,7 +698,12 @@ impl<D: MessageDecoder> Source<D::Item> for KafkaSource<D> {
         let consumer: Arc<BaseConsumer<SourceContext>> = Arc::new(
             self.client_config()
                 .create_with_context(context)
-                .map_err(|e| self.error(format!("cannot create a Kafka consumer: {e}")))?,
+                .map_err(|e| {
+                    self.error(format!(
+                        "cannot create a Kafka consumer: {}",
+                        super::client_error(&e)
+                    ))
+                })?,
         );
         let offsets = self.resolve_offsets(&consumer, &parts)?;
         let mut tpl = TopicPartitionList::new();
