@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use cap_connectors::crm::CrmProfile;
-use cap_connectors::kafka::KafkaChangelogSink;
+use cap_connectors::kafka::{Cleanup, KafkaChangelogSink};
 use cap_engine::config::{KafkaSinkConfig, Layers};
 use cap_engine::job::{BuildError, Dataflow, Job};
 use cap_engine::sink::TableRow;
@@ -107,7 +107,7 @@ fn produce(brokers: &str, updates: usize, users: u64) -> Result<()> {
         ..KafkaSinkConfig::default()
     };
     cfg.properties.clear();
-    KafkaChangelogSink::create_topic(TOPIC, &cfg).map_err(anyhow::Error::msg)?;
+    KafkaChangelogSink::create_topic(TOPIC, &cfg, Cleanup::Compact).map_err(anyhow::Error::msg)?;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")

@@ -58,7 +58,7 @@ use crate::clickstream::encode::{write_csv, write_json};
 use crate::clickstream::{DecodeOptions, Event};
 use crate::file::{Format, ReadError, RecordReader};
 use crate::generator::{GeneratorSource, MergedEvents};
-use crate::kafka::{client_config, KafkaChangelogSink};
+use crate::kafka::{client_config, Cleanup, KafkaChangelogSink};
 
 /// The event field whose text keys each message (`--key-field`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -494,7 +494,7 @@ impl Sender {
     /// Creates the topic when asked (and missing), then the producer.
     fn connect(topic: &str, cfg: &KafkaSinkConfig) -> Result<Sender, String> {
         if cfg.create_partitions > 0 {
-            KafkaChangelogSink::create_topic(topic, cfg)
+            KafkaChangelogSink::create_topic(topic, cfg, Cleanup::BrokerDefault)
                 .map_err(|e| format!("cannot create topic `{topic}` on {}: {e}", cfg.brokers))?;
         }
         let failures = Arc::new(Failures::default());

@@ -7,7 +7,8 @@ mod sink;
 mod source;
 
 pub use sink::{
-    client_config, client_error, KafkaChangelogSink, SinkDeliveryMetrics, EPOCH_HEADER, SEQ_HEADER,
+    client_config, client_error, Cleanup, KafkaChangelogSink, SinkDeliveryMetrics, EPOCH_HEADER,
+    SEQ_HEADER,
 };
 pub use source::{
     EventDecoder, KafkaSource, KafkaSourceConfig, MessageDecoder, ProfileDecoder, StartAt, StopAt,

@@ -28,7 +28,7 @@ use cap_engine::config::KafkaSinkConfig;
 use cap_engine::metrics::{Counter, Registry};
 use cap_engine::sink::{Change, SinkError, TableWriter};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -185,7 +185,7 @@ impl KafkaChangelogSink {
         }
         let topic = format!("{}{}", cfg.topic_prefix, table);
         if cfg.create_partitions > 0 {
-            Self::create_topic(&topic, cfg).map_err(|e| {
+            Self::create_topic(&topic, cfg, Cleanup::Compact).map_err(|e| {
                 err(format!(
                     "cannot create topic `{topic}` on {}: {e}",
                     cfg.brokers
@@ -313,17 +313,61 @@ impl TableWriter for KafkaChangelogSink {
     }
 }
 
+/// The admin client's context: remembers the last client error (an authentication or TLS
+/// failure, an unreachable broker), which librdkafka reports only through this callback,
+/// so that a timed-out admin request can say why it timed out.
+#[derive(Default)]
+struct AdminContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for AdminContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(error = %error, reason, "kafka admin client error");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    }
+}
+
+impl AdminContext {
+    /// `what`, followed by the last client error when there was one.
+    fn explain(&self, what: String) -> String {
+        match &*self.last_error.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => format!("{what}; last client error: {reason}"),
+            None => what,
+        }
+    }
+}
+
+/// What a created topic keeps: `cleanup.policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// `compact`: the latest message per key (changelog topics, whose compacted form is the
+    /// table).
+    Compact,
+    /// The broker's default (`delete` after the retention time): event topics.
+    BrokerDefault,
+}
+
 impl KafkaChangelogSink {
     /// Creates `topic` with `cfg.create_partitions` partitions of `cfg.create_replication`
-    /// replicas unless it exists: for the sink's topics, the `replay` command's and tools'.
-    pub fn create_topic(topic: &str, cfg: &KafkaSinkConfig) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> =
-            client_config(cfg).create().map_err(|e| client_error(&e))?;
-        let new = NewTopic::new(
+    /// replicas and the cleanup policy `cleanup` unless it exists (an existing topic is left
+    /// as it is): for the sink's topics, the `replay` command's and tools'.
+    pub fn create_topic(
+        topic: &str,
+        cfg: &KafkaSinkConfig,
+        cleanup: Cleanup,
+    ) -> Result<(), String> {
+        let admin: AdminClient<AdminContext> = client_config(cfg)
+            .create_with_context(AdminContext::default())
+            .map_err(|e| client_error(&e))?;
+        let mut new = NewTopic::new(
             topic,
             cfg.create_partitions,
             TopicReplication::Fixed(cfg.create_replication),
         );
+        if cleanup == Cleanup::Compact {
+            new = new.set("cleanup.policy", "compact");
+        }
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -331,11 +375,13 @@ impl KafkaChangelogSink {
             .map_err(|e| e.to_string())?;
         let results = runtime
             .block_on(admin.create_topics([&new], &opts))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| admin.inner().context().explain(e.to_string()))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => return Err(format!("{t}: {code}")),
+                Err((t, code)) => {
+                    return Err(admin.inner().context().explain(format!("{t}: {code}")))
+                }
             }
         }
         Ok(())
