@@ -4,30 +4,15 @@
 //! headers number each epoch's changes in key order; deletes are tombstones.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use cap_connectors::kafka::KafkaChangelogSink;
 use cap_engine::config::KafkaSinkConfig;
 use cap_engine::sink::{Change, TableWriter};
-use cap_tests::kafka_read::{compact, read_topic, Record};
+use cap_tests::kafka_read::{compact, python_reader, read_topic, topic_config, Record};
 use cap_tests::tansu::Tansu;
-use cap_tests::{generate_csv, read_jsonl, run_on_csv};
+use cap_tests::{generate_csv, read_jsonl, run_on_csv, snapshot_tables};
 use serde_json::Value;
-
-/// The tables the file sink wrote into `out` (snapshot files, not changelogs).
-fn file_tables(out: &Path) -> Result<BTreeSet<String>> {
-    let mut tables = BTreeSet::new();
-    for entry in std::fs::read_dir(out)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(t) = name.strip_suffix(".jsonl") {
-            if !t.ends_with(".changelog") {
-                tables.insert(t.to_owned());
-            }
-        }
-    }
-    Ok(tables)
-}
 
 /// Per partition: epochs never go back, and within an epoch `cap.seq` increases.
 fn ensure_ordered(topic: &str, records: &[Record]) -> Result<()> {
@@ -70,7 +55,7 @@ fn every_table_topic_compacts_to_the_file_snapshot() -> Result<()> {
         ],
     )?;
 
-    let tables = file_tables(&files)?;
+    let tables = snapshot_tables(&files)?;
     ensure!(tables.len() >= 14, "expected every table, got {tables:?}");
     let mut messages = 0;
     let mut tombstones = 0;
@@ -103,6 +88,11 @@ fn every_table_topic_compacts_to_the_file_snapshot() -> Result<()> {
     ensure!(
         messages > 2_000,
         "{messages} messages, {tombstones} tombstones"
+    );
+    let read_by_python = python_reader(&broker.brokers, "test.", &files, &tables, &[])?;
+    ensure!(
+        read_by_python == messages,
+        "the Python reader saw {read_by_python} messages, the Rust reader {messages}"
     );
     Ok(())
 }
@@ -166,6 +156,12 @@ fn deletes_are_tombstones_and_headers_number_each_epoch() -> Result<()> {
     ensure!(
         partition_of.values().collect::<BTreeSet<_>>().len() > 1,
         "every key on one partition"
+    );
+    // The sink created the topic compacted, so the broker keeps each key's latest row.
+    let policy = topic_config(&broker.brokers, "unit.t", "cleanup.policy")?;
+    ensure!(
+        policy.as_deref() == Some("compact"),
+        "cleanup.policy of unit.t: {policy:?}"
     );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Reads output topics back the way a downstream system would: a plain consumer from the
 //! earliest offset to the end of every partition, folded as a compacted topic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -138,4 +139,82 @@ pub fn compact(records: &[Record]) -> Result<BTreeMap<String, Value>> {
         }
     }
     Ok(rows)
+}
+
+/// Has `tests/read_topics.py` (Python confluent-kafka: another client, its own librdkafka)
+/// read every table's topic, compact it and compare it with the file snapshot; returns the
+/// number of messages it read. `properties` are librdkafka properties (security).
+pub fn python_reader(
+    brokers: &str,
+    prefix: &str,
+    files: &Path,
+    tables: &BTreeSet<String>,
+    properties: &[(&str, &str)],
+) -> Result<usize> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("read_topics.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--brokers", brokers, "--prefix", prefix, "--files"])
+        .arg(files)
+        .args(
+            properties
+                .iter()
+                .flat_map(|(k, v)| ["--property".to_owned(), format!("{k}={v}")]),
+        )
+        .args(tables)
+        .output()
+        .context("running python3 tests/read_topics.py")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "tests/read_topics.py failed ({}): {}\n{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summaries: Vec<Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tests/read_topics.py output: {stdout}"))?;
+    ensure!(
+        summaries.len() == tables.len(),
+        "tests/read_topics.py checked {} of {} tables: {stdout}",
+        summaries.len(),
+        tables.len()
+    );
+    summaries
+        .iter()
+        .map(|s| {
+            s["messages"]
+                .as_u64()
+                .map(|n| n as usize)
+                .with_context(|| format!("no message count in {s}"))
+        })
+        .sum()
+}
+
+/// The value of the topic config `name` of `topic` as the broker describes it (DescribeConfigs),
+/// `None` when the broker does not list it.
+pub fn topic_config(brokers: &str, topic: &str, name: &str) -> Result<Option<String>> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating an admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = runtime
+        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts))
+        .with_context(|| format!("describing the configs of {topic}"))?;
+    for result in results {
+        let resource = result.map_err(|e| anyhow::anyhow!("describing {topic}: {e}"))?;
+        if let Some(entry) = resource.get(name) {
+            return Ok(entry.value.clone());
+        }
+    }
+    Ok(None)
 }

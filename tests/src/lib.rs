@@ -96,6 +96,20 @@ pub fn run_job(args: &[&str]) -> Result<std::process::Output> {
     Ok(out)
 }
 
+/// The tables the file sink wrote into `out` (snapshot files, not changelogs).
+pub fn snapshot_tables(out: &Path) -> Result<BTreeSet<String>> {
+    let mut tables = BTreeSet::new();
+    for entry in std::fs::read_dir(out)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(t) = name.strip_suffix(".jsonl") {
+            if !t.ends_with(".changelog") {
+                tables.insert(t.to_owned());
+            }
+        }
+    }
+    Ok(tables)
+}
+
 /// Reads a JSON-lines file into values.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
     let text =

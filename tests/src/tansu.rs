@@ -22,6 +22,11 @@ pub struct Tansu {
     log: PathBuf,
     dir: tempfile::TempDir,
     storage: String,
+    /// What tansu advertises in its metadata (`host:port`): `brokers` unless a proxy
+    /// stands in front of it.
+    advertised: String,
+    /// Whether clients must authenticate (SASL SCRAM).
+    authentication: bool,
 }
 
 /// The tansu binary: `$CAP_TANSU`, else `tansu` on the PATH, else `~/.cargo/bin/tansu`.
@@ -64,13 +69,15 @@ impl Tansu {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("tansu.log");
         let brokers = format!("127.0.0.1:{port}");
-        let child = spawn(dir.path(), &brokers, storage)?;
+        let child = spawn(dir.path(), &brokers, &brokers, storage, false)?;
         let mut broker = Tansu {
             child,
+            advertised: brokers.clone(),
             brokers,
             storage: storage.to_owned(),
             log,
             dir,
+            authentication: false,
         };
         broker.wait_listening()?;
         Ok(broker)
@@ -87,8 +94,37 @@ impl Tansu {
     ///
     /// [`kill`]: Tansu::kill
     pub fn restart(&mut self) -> Result<()> {
-        self.child = spawn(self.dir.path(), &self.brokers, &self.storage)?;
+        self.child = spawn(
+            self.dir.path(),
+            &self.brokers,
+            &self.advertised,
+            &self.storage,
+            self.authentication,
+        )?;
         self.wait_listening()
+    }
+
+    /// Creates the SCRAM-SHA-512 user `name`, then restarts the broker requiring SASL
+    /// authentication and advertising `advertised` (a proxy's `host:port`) instead of its
+    /// own listener. tansu keeps users in its storage, so they survive the restart.
+    pub fn require_scram(&mut self, name: &str, password: &str, advertised: &str) -> Result<()> {
+        let out = Command::new(tansu_binary()?)
+            .args(["user", "create", "--mechanism", "scram512", "--broker"])
+            .arg(format!("tcp://{}", self.brokers))
+            .args([name, password])
+            .output()
+            .context("running tansu user create")?;
+        if !out.status.success() {
+            bail!(
+                "tansu user create {name} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.kill()?;
+        self.authentication = true;
+        self.advertised = advertised.to_owned();
+        self.restart()
     }
 
     fn wait_listening(&mut self) -> Result<()> {
@@ -115,10 +151,18 @@ impl Tansu {
     }
 }
 
-/// Starts tansu in `dir` with the storage engine `storage`, listening on `brokers`.
-fn spawn(dir: &Path, brokers: &str, storage: &str) -> Result<Child> {
+/// Starts tansu in `dir` with the storage engine `storage`, listening on `brokers` and
+/// advertising `advertised`, with SASL authentication required when `authentication`.
+fn spawn(
+    dir: &Path,
+    brokers: &str,
+    advertised: &str,
+    storage: &str,
+    authentication: bool,
+) -> Result<Child> {
     let bin = tansu_binary()?;
     let url = format!("tcp://{brokers}");
+    let advertised = format!("tcp://{advertised}");
     // Appends, so a restarted broker's log follows the first one's.
     let append = |name: &str| {
         std::fs::OpenOptions::new()
@@ -132,9 +176,10 @@ fn spawn(dir: &Path, brokers: &str, storage: &str) -> Result<Child> {
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--storage-engine", storage])
+        .args(authentication.then_some("--authentication"))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(append("tansu.log")?)
