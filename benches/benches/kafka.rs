@@ -271,8 +271,9 @@ fn latency(args: &Args, brokers: &str) -> Result<()> {
         format!("engine.epoch_ms={}", args.epoch_ms),
         "sinks.kind=\"kafka\"".into(),
         format!("sinks.kafka.brokers=\"{brokers}\""),
+        // The sink's own linger.ms (5) stays: `--set` keys cannot hold librdkafka's dotted
+        // property names.
         format!("sinks.kafka.topic_prefix=\"{prefix}\""),
-        "sinks.kafka.properties.\"linger.ms\"=\"0\"".into(),
     ]);
     let workers = args.workers;
     let job = std::thread::spawn(move || {
