@@ -322,3 +322,73 @@ fn the_job_reads_and_writes_over_sasl_ssl_scram() -> Result<()> {
     );
     Ok(())
 }
+
+/// The job run with `config`, which must fail: its stderr.
+fn failing_job(config: &Path, state: &Path) -> Result<String> {
+    let bin = job_binary()?;
+    let out = Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--output")
+        .arg(state)
+        .args(["--workers", "2", "--no-console"])
+        .env_remove("RUST_LOG")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        !out.status.success(),
+        "the job succeeded against a broker that should refuse it:\n{stderr}"
+    );
+    Ok(stderr)
+}
+
+/// Replay and the job with `properties` both fail, and their errors carry `reason` (compared
+/// in lower case) and never `secret`.
+fn refused_with(
+    secure: &SecureBroker,
+    properties: &[(String, String)],
+    reason: &str,
+    secret: &str,
+) -> Result<()> {
+    let brokers = secure.proxy.addr.clone();
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 50, 43, &[])?;
+    let sent = replay(&brokers, "clicks", &csv, properties)?;
+    let replay_err = String::from_utf8_lossy(&sent.stderr).into_owned();
+    ensure!(
+        !sent.status.success(),
+        "replay succeeded against a broker that should refuse it:\n{replay_err}"
+    );
+    let config = job_config(dir.path(), &brokers, "clicks", properties)?;
+    let job_err = failing_job(&config, &dir.path().join("kafka"))?;
+    for (who, text) in [("replay", &replay_err), ("the job", &job_err)] {
+        ensure!(
+            text.to_lowercase().contains(reason),
+            "{who} failed without saying `{reason}`:\n{text}"
+        );
+        ensure!(
+            !text.contains(secret),
+            "{who} printed the password:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_wrong_password_is_refused_with_the_reason() -> Result<()> {
+    let secure = SecureBroker::start()?;
+    let wrong = "not the password";
+    let properties = secure.properties(&secure.ca, wrong);
+    refused_with(&secure, &properties, "authentication", wrong)
+}
+
+#[test]
+fn an_untrusted_certificate_is_refused_with_the_reason() -> Result<()> {
+    let secure = SecureBroker::start()?;
+    // A CA the broker's certificate does not come from.
+    let other = tempfile::tempdir()?;
+    let stranger = issue_ca(other.path(), "stranger")?;
+    let properties = secure.properties(&stranger, PASSWORD);
+    refused_with(&secure, &properties, "certificate verify failed", PASSWORD)
+}

@@ -1,6 +1,7 @@
 //! Kafka connectors (librdkafka through `rdkafka`): the clickstream and profile source and the
 //! changelog sink.
 
+mod diagnose;
 #[cfg(test)]
 mod examples_test;
 mod sink;

@@ -28,12 +28,14 @@ use cap_engine::config::KafkaSinkConfig;
 use cap_engine::metrics::{Counter, Registry};
 use cap_engine::sink::{Change, SinkError, TableWriter};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tracing::{info, warn};
+
+use super::diagnose;
 
 /// Header naming the epoch of a change.
 pub const EPOCH_HEADER: &str = "cap.epoch";
@@ -313,31 +315,6 @@ impl TableWriter for KafkaChangelogSink {
     }
 }
 
-/// The admin client's context: remembers the last client error (an authentication or TLS
-/// failure, an unreachable broker), which librdkafka reports only through this callback,
-/// so that a timed-out admin request can say why it timed out.
-#[derive(Default)]
-struct AdminContext {
-    last_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for AdminContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        warn!(error = %error, reason, "kafka admin client error");
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
-    }
-}
-
-impl AdminContext {
-    /// `what`, followed by the last client error when there was one.
-    fn explain(&self, what: String) -> String {
-        match &*self.last_error.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(reason) => format!("{what}; last client error: {reason}"),
-            None => what,
-        }
-    }
-}
-
 /// What a created topic keeps: `cleanup.policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cleanup {
@@ -357,9 +334,14 @@ impl KafkaChangelogSink {
         cfg: &KafkaSinkConfig,
         cleanup: Cleanup,
     ) -> Result<(), String> {
-        let admin: AdminClient<AdminContext> = client_config(cfg)
-            .create_with_context(AdminContext::default())
-            .map_err(|e| client_error(&e))?;
+        let config = client_config(cfg);
+        let admin: AdminClient<DefaultClientContext> =
+            config.create().map_err(|e| client_error(&e))?;
+        // librdkafka reports why the brokers refuse the admin client (TLS, authentication)
+        // only on a queue it cannot serve: a probe with the same settings finds out.
+        let explain = |what: String| {
+            diagnose::explain(what, diagnose::probe(&config, Duration::from_secs(10)))
+        };
         let mut new = NewTopic::new(
             topic,
             cfg.create_partitions,
@@ -375,12 +357,12 @@ impl KafkaChangelogSink {
             .map_err(|e| e.to_string())?;
         let results = runtime
             .block_on(admin.create_topics([&new], &opts))
-            .map_err(|e| admin.inner().context().explain(e.to_string()))?;
+            .map_err(|e| explain(e.to_string()))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((t, code)) => {
-                    return Err(admin.inner().context().explain(format!("{t}: {code}")))
+                    return Err(explain(format!("{t}: {code}")))
                 }
             }
         }

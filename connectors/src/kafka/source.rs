@@ -57,6 +57,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
+use super::diagnose::{explain, Problems};
 use crate::clickstream::csv::CsvDecoder;
 use crate::clickstream::encode::CSV_HEADER_EXTENDED;
 use crate::clickstream::json::JsonDecoder;
@@ -463,13 +464,22 @@ impl<D: MessageDecoder> KafkaSource<D> {
                             None => Ok(t.partitions().len()),
                         }
                     });
+                // Serves the main queue: a TLS or authentication failure reaches the context
+                // only as an error event.
+                while consumer.poll(Duration::ZERO).is_some() {}
                 match found {
                     Ok(n) => break n,
                     Err(why) if Instant::now() >= deadline => {
-                        return Err(self.error(format!(
-                        "topic `{}` on {}: {why} (waited {} ms, sources.{}.metadata_timeout_ms)",
-                        topic.name, self.config.brokers, self.config.metadata_timeout_ms, self.name
-                    )))
+                        return Err(self.error(explain(
+                            format!(
+                                "topic `{}` on {}: {why} (waited {} ms, sources.{}.metadata_timeout_ms)",
+                                topic.name,
+                                self.config.brokers,
+                                self.config.metadata_timeout_ms,
+                                self.name
+                            ),
+                            consumer.context().shared.problems.reason(),
+                        )))
                     }
                     Err(why) => {
                         warn!(source = %self.name, topic = %topic.name, brokers = %self.config.brokers, reason = %why, "kafka source: topic metadata not available yet; retrying");
@@ -495,9 +505,12 @@ impl<D: MessageDecoder> KafkaSource<D> {
         for &(ti, p) in parts {
             let topic = &self.topics[ti].name;
             let (lo, hi) = consumer.fetch_watermarks(topic, p, timeout).map_err(|e| {
-                self.error(format!(
-                    "cannot read the offsets of {topic}/{p} on {}: {e}",
-                    self.config.brokers
+                self.error(explain(
+                    format!(
+                        "cannot read the offsets of {topic}/{p} on {}: {e}",
+                        self.config.brokers
+                    ),
+                    consumer.context().shared.problems.reason(),
                 ))
             })?;
             marks.push((lo, hi));
@@ -756,6 +769,8 @@ struct Shared {
     down: AtomicBool,
     /// Messages the main queue returned before their partition queue was split off.
     strays: Mutex<HashMap<(String, i32), Vec<Stray>>>,
+    /// The client errors, which explain a metadata or offset request that timed out.
+    problems: Problems,
 }
 
 /// The consumer context: routes librdkafka's logs and errors to `tracing`, keeps the
@@ -800,6 +815,7 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.problems.record(&error, reason);
         let all_down = matches!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown)
