@@ -448,7 +448,10 @@ impl<D: MessageDecoder> KafkaSource<D> {
             let count = loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let found = consumer
-                    .fetch_metadata(Some(&topic.name), left.max(Duration::from_millis(100)))
+                    .fetch_metadata(
+                        Some(&topic.name),
+                        left.clamp(Duration::from_millis(100), Duration::from_secs(1)),
+                    )
                     .map_err(|e| e.to_string())
                     .and_then(|md| {
                         let t = md
@@ -465,8 +468,17 @@ impl<D: MessageDecoder> KafkaSource<D> {
                         }
                     });
                 // Serves the main queue: a TLS or authentication failure reaches the context
-                // only as an error event.
-                while consumer.poll(Duration::ZERO).is_some() {}
+                // only as an error event. A poll returns after one statistics event, so poll
+                // for a while rather than until the first empty answer.
+                let serve = |d: Duration| {
+                    let until = Instant::now() + d;
+                    while let Some(wait) = until.checked_duration_since(Instant::now()) {
+                        let _ = consumer.poll(wait.min(Duration::from_millis(20)));
+                    }
+                };
+                if found.is_err() {
+                    serve(Duration::from_millis(100));
+                }
                 match found {
                     Ok(n) => break n,
                     Err(why) if Instant::now() >= deadline => {
@@ -482,8 +494,9 @@ impl<D: MessageDecoder> KafkaSource<D> {
                         )))
                     }
                     Err(why) => {
-                        warn!(source = %self.name, topic = %topic.name, brokers = %self.config.brokers, reason = %why, "kafka source: topic metadata not available yet; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
+                        let detail = consumer.context().shared.problems.reason();
+                        warn!(source = %self.name, topic = %topic.name, brokers = %self.config.brokers, reason = %why, detail = detail.as_deref().unwrap_or("-"), "kafka source: topic metadata not available yet; retrying");
+                        serve(Duration::from_millis(400));
                     }
                 }
             };
