@@ -75,6 +75,18 @@ pub struct RunArgs {
     /// Do not print the live console summary.
     #[arg(long)]
     pub no_console: bool,
+    /// Checkpoint every MS milliseconds, and on start restore the newest sound checkpoint
+    /// and replay the epoch log (sets engine.checkpoint.interval_ms and .restore).
+    #[arg(long, value_name = "MS")]
+    pub checkpoint_ms: Option<u64>,
+    /// Start afresh: delete the checkpoints and the epoch log of earlier runs instead of
+    /// restoring them (sets engine.checkpoint.restore = false).
+    #[arg(long)]
+    pub fresh: bool,
+    /// This run's number in the epoch log, the same for every process of the run (set by
+    /// the supervisor and the cluster scripts; sets engine.run).
+    #[arg(long, value_name = "N")]
+    pub run: Option<u64>,
 }
 
 /// Extra subcommands contributed by connectors (e.g. `generate`).
@@ -114,6 +126,11 @@ pub fn layered_config<J: Job>(
     set_num("engine.max_events", args.max_events)?;
     set_num("engine.epoch_records", args.epoch_records)?;
     set_num("engine.epoch_ms", args.epoch_ms)?;
+    set_num("engine.run", args.run)?;
+    if let Some(ms) = args.checkpoint_ms {
+        set_num("engine.checkpoint.interval_ms", Some(ms))?;
+        layers.set_value("engine.checkpoint.restore", toml::Value::Boolean(true))?;
+    }
     if let Some(h) = &args.hostfile {
         layers.set_value(
             "engine.hostfile",
@@ -173,6 +190,9 @@ pub fn layered_config<J: Job>(
             reason: "--set takes KEY=VALUE".into(),
         })?;
         layers.set(k.trim(), v.trim())?;
+    }
+    if args.fresh {
+        layers.set_value("engine.checkpoint.restore", toml::Value::Boolean(false))?;
     }
     Ok(layers)
 }

@@ -94,6 +94,10 @@ pub struct EngineConfig {
     /// Tables to compute and write; empty (default): every table of the job. A job skips
     /// building the dataflow of a table nobody asked for (see `Dataflow::wants`).
     pub tables: Vec<String>,
+    /// Checkpoints and restore (`[engine.checkpoint]`).
+    pub checkpoint: crate::checkpoint::CheckpointConfig,
+    /// This run's number in the epoch log; none: the next after the newest (one process).
+    pub run: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -114,6 +118,8 @@ impl Default for EngineConfig {
             console_tables: Vec::new(),
             state_dir: PathBuf::from("out/_state"),
             tables: Vec::new(),
+            checkpoint: crate::checkpoint::CheckpointConfig::default(),
+            run: None,
         }
     }
 }
@@ -154,7 +160,7 @@ impl EngineConfig {
         if self.console_interval_ms == 0 {
             return bad("console_interval_ms", "must be at least 1");
         }
-        Ok(())
+        self.checkpoint.validate()
     }
 }
 

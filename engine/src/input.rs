@@ -12,7 +12,7 @@
 //! Epochs: all sources of a worker share one [`EpochClock`]. The clock closes the current
 //! epoch after `engine.epoch_records` records or `engine.epoch_ms` milliseconds, whichever
 //! comes first; every source operator then records, per owned partition, the position up
-//! to which the epoch covers its input ([`EpochPositions`], appended to the epoch log) and
+//! to which the epoch covers its input (a [`LogRecord`], appended to the epoch log) and
 //! downgrades its capability to the next epoch. Event time is data; it never drives epochs.
 //!
 //! Backpressure: a worker does not read input for epoch `e` while its outputs have not
@@ -23,11 +23,17 @@
 //!
 //! A graceful stop (SIGINT/SIGTERM) closes the current epoch, records its positions and
 //! drops the capabilities; downstream operators then complete and sinks flush.
+//!
+//! Replay: a restarted run seeks each partition to where its plan starts it
+//! ([`crate::checkpoint::log::Plan`]) and, for each replayed epoch, reads every partition
+//! exactly up to the position recorded for it; the clock closes a replayed epoch once every
+//! source of the worker has, whatever the record count or time. A partition the plan does not
+//! know reads nothing while the run replays. A partition that ends before its recorded
+//! position stops the process (exit code 3): its input changed, and going on would publish
+//! outputs that differ from those already published.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,9 +44,10 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
+use crate::checkpoint::log::{EpochLog, LogRecord, Plan};
 use crate::dead_letter::DeadLetter;
 use crate::metrics::{Gauge, SourceMetrics};
-use crate::source::{EpochPositions, Polled, Source, SourceError, SourcePartition, SourceRecord};
+use crate::source::{Polled, Position, Source, SourceError, SourcePartition, SourceRecord};
 
 /// Records read per partition per activation, at most.
 const BATCH: usize = 4096;
@@ -58,6 +65,17 @@ pub struct EpochClock {
     /// Epochs closed on this worker and when, awaiting completion (for latency).
     pub closed: VecDeque<(u64, Instant)>,
     stop: Arc<AtomicBool>,
+    /// The last epoch cut by the replay plan instead of by records and time.
+    replay_through: Option<u64>,
+    /// Per source operator of the worker: whether it has ended, and the replayed epoch it
+    /// has read all of.
+    sources: Vec<SourceState>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SourceState {
+    finished: bool,
+    ready: Option<u64>,
 }
 
 impl EpochClock {
@@ -71,12 +89,64 @@ impl EpochClock {
             epoch_ms,
             closed: VecDeque::new(),
             stop,
+            replay_through: None,
+            sources: Vec::new(),
         }
+    }
+
+    /// A clock at `first_epoch` that cuts the epochs through `replay_through` by the replay
+    /// plan: an epoch closes when every source of the worker has read its recorded end.
+    pub fn resuming(mut self, first_epoch: u64, replay_through: Option<u64>) -> EpochClock {
+        self.current = first_epoch;
+        self.replay_through = replay_through.filter(|&t| t >= first_epoch);
+        self
     }
 
     /// The open epoch.
     pub fn current(&self) -> u64 {
         self.current
+    }
+
+    /// Whether the open epoch is cut by the replay plan.
+    pub fn replaying(&self) -> bool {
+        self.replay_through.is_some_and(|t| self.current <= t)
+    }
+
+    /// Whether every source operator of the worker has ended (and at least one exists).
+    pub fn sources_finished(&self) -> bool {
+        !self.sources.is_empty() && self.sources.iter().all(|s| s.finished)
+    }
+
+    /// Registers a source operator; returns its index.
+    fn register(&mut self) -> usize {
+        self.sources.push(SourceState::default());
+        self.sources.len() - 1
+    }
+
+    /// Source `i` has ended.
+    fn finish(&mut self, i: usize) {
+        self.sources[i].finished = true;
+        self.maybe_close_replayed();
+    }
+
+    /// Source `i` has read everything of the replayed open epoch.
+    fn ready(&mut self, i: usize) {
+        self.sources[i].ready = Some(self.current);
+        self.maybe_close_replayed();
+    }
+
+    fn maybe_close_replayed(&mut self) {
+        if !self.replaying() {
+            return;
+        }
+        let current = self.current;
+        let all = self
+            .sources
+            .iter()
+            .all(|s| s.finished || s.ready == Some(current));
+        if all && self.sources.iter().any(|s| !s.finished) {
+            self.close();
+        }
     }
 
     /// Records that `n` records were read into the open epoch; closes it when full.
@@ -87,6 +157,9 @@ impl EpochClock {
 
     /// Closes the open epoch when it is full or old enough.
     fn maybe_close(&mut self) {
+        if self.replaying() {
+            return;
+        }
         let full = self.epoch_records > 0 && self.records >= self.epoch_records;
         let old =
             self.epoch_ms > 0 && self.opened.elapsed() >= Duration::from_millis(self.epoch_ms);
@@ -107,7 +180,7 @@ impl EpochClock {
 
     /// Records to read before the open epoch is full.
     fn room(&self) -> usize {
-        if self.epoch_records == 0 {
+        if self.epoch_records == 0 || self.replaying() {
             BATCH
         } else {
             (self.epoch_records.saturating_sub(self.records) as usize).clamp(1, BATCH)
@@ -134,46 +207,6 @@ impl EpochClock {
     }
 }
 
-/// The per-worker log of epoch positions (`<state_dir>/epochs/worker-<i>.jsonl`).
-pub struct EpochLog {
-    path: Option<PathBuf>,
-    file: Option<std::io::BufWriter<std::fs::File>>,
-}
-
-impl EpochLog {
-    /// A log under `state_dir` for global worker `worker`; `None` keeps nothing on disk.
-    pub fn open(state_dir: Option<&Path>, worker: usize) -> std::io::Result<EpochLog> {
-        let Some(dir) = state_dir else {
-            return Ok(EpochLog {
-                path: None,
-                file: None,
-            });
-        };
-        let dir = dir.join("epochs");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("worker-{worker}.jsonl"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)?;
-        Ok(EpochLog {
-            path: Some(path),
-            file: Some(std::io::BufWriter::new(file)),
-        })
-    }
-
-    /// Appends one record and flushes it.
-    pub fn record(&mut self, rec: &EpochPositions) {
-        if let Some(f) = self.file.as_mut() {
-            let line = serde_json::to_string(rec).unwrap_or_default();
-            if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
-                tracing::warn!(path = ?self.path, error = %e, "cannot append to the epoch log");
-            }
-        }
-    }
-}
-
 /// The collections a source contributes to the dataflow.
 pub struct SourceStreams<'s, T: 'static> {
     /// Decoded records, stamped with their ingest epoch.
@@ -188,6 +221,17 @@ struct OwnedPartition<T> {
     inner: Box<dyn SourcePartition<T>>,
     remaining: Option<u64>,
     done: bool,
+    /// The recorded end of each replayed epoch (from the plan's first epoch on); empty: the
+    /// partition reads nothing while the run replays (it is new).
+    ends: Vec<Position>,
+}
+
+impl<T> OwnedPartition<T> {
+    /// The recorded end of replayed `epoch` (`first` is the plan's first epoch).
+    fn end_of(&self, epoch: u64, first: u64) -> Option<Position> {
+        let i = usize::try_from(epoch.checked_sub(first)?).ok()?;
+        self.ends.get(i).copied()
+    }
 }
 
 /// Everything the source operator needs, bundled.
@@ -203,6 +247,8 @@ pub struct SourceSpec<T> {
     pub limit: Option<u64>,
     /// Counters.
     pub metrics: SourceMetrics,
+    /// Where each partition starts and how replayed epochs are cut.
+    pub plan: Arc<Plan>,
 }
 
 /// The share of `total` that partition `index` of `count` reads.
@@ -224,17 +270,50 @@ pub fn source_operator<'s, T: ExchangeData>(
     let (index, peers) = (scope.index(), scope.peers());
     let mine: Vec<usize> = (0..labels.len()).filter(|i| i % peers == index).collect();
     let opened = spec.source.open_owned(&mine)?;
+    let plan = spec.plan;
     let mut owned: Vec<OwnedPartition<T>> = Vec::new();
-    for (i, inner) in mine.into_iter().zip(opened) {
+    for (i, mut inner) in mine.into_iter().zip(opened) {
+        let planned = plan.partition(&name, &labels[i]);
+        if let Some(start) = planned.and_then(|p| p.start) {
+            inner.seek(start).map_err(|e| match e {
+                SourceError::Seek {
+                    partition,
+                    position,
+                    reason,
+                    ..
+                } => SourceError::Seek {
+                    source_name: name.clone(),
+                    partition,
+                    position,
+                    reason: format!("{reason} (resuming where the restored epoch ended)"),
+                },
+                other => other,
+            })?;
+        }
         owned.push(OwnedPartition {
             label: labels[i].clone(),
             lag: spec.metrics.lag(&labels[i]),
             inner,
             remaining: spec.limit.map(|n| share(n, i, labels.len())),
             done: false,
+            ends: planned.map(|p| p.ends.clone()).unwrap_or_default(),
         });
     }
-    tracing::info!(source = %name, worker = index, partitions = owned.len(), "source opened");
+    let first_epoch = plan.first_epoch;
+    let id = clock.borrow_mut().register();
+    if !owned.is_empty() {
+        log.borrow_mut().record(&LogRecord {
+            epoch: first_epoch,
+            source: name.clone(),
+            positions: owned
+                .iter()
+                .map(|p| (p.label.clone(), p.inner.position()))
+                .collect(),
+            start: true,
+            finished: false,
+        });
+    }
+    tracing::info!(source = %name, worker = index, partitions = owned.len(), first_epoch, replay_through = ?plan.replay_through, "source opened");
 
     let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
     let info = builder.operator_info();
@@ -270,10 +349,12 @@ pub fn source_operator<'s, T: ExchangeData>(
             // Close epochs the clock has moved past: record positions, downgrade.
             let finished = owned.iter().all(|p| p.done) || clock.stopping();
             if clock.current() > epoch || finished {
-                let rec = EpochPositions {
+                let rec = LogRecord {
                     epoch,
                     source: name.clone(),
                     positions: owned.iter().map(|p| (p.label.clone(), p.inner.position())).collect(),
+                    start: false,
+                    finished: finished && clock.current() == epoch,
                 };
                 if !owned.is_empty() {
                     log.borrow_mut().record(&rec);
@@ -282,6 +363,7 @@ pub fn source_operator<'s, T: ExchangeData>(
                     if !owned.is_empty() {
                         clock.note_final(epoch);
                     }
+                    clock.finish(id);
                     tracing::info!(source = %name, worker = index, last_epoch = epoch, "source finished");
                     caps = None;
                     return;
@@ -322,6 +404,7 @@ pub fn source_operator<'s, T: ExchangeData>(
 
             // Read a bounded batch from the owned partitions, round robin.
             let mut read_any = false;
+            let replaying = clock.replaying();
             let n = owned.len();
             for step in 0..n {
                 if clock.current() != epoch {
@@ -332,6 +415,16 @@ pub fn source_operator<'s, T: ExchangeData>(
                     continue;
                 }
                 let mut budget = clock.room();
+                if replaying {
+                    // A replayed epoch ends exactly where it was recorded to end; every record
+                    // moves the position on by at least one, so the budget never overshoots.
+                    let Some(end) = p.end_of(epoch, first_epoch) else { continue };
+                    let at = p.inner.position();
+                    if at >= end {
+                        continue;
+                    }
+                    budget = budget.min(usize::try_from(end - at).unwrap_or(usize::MAX));
+                }
                 if let Some(rem) = p.remaining {
                     if rem == 0 {
                         p.done = true;
@@ -348,6 +441,17 @@ pub fn source_operator<'s, T: ExchangeData>(
                         // The partition failed (I/O): stop reading it, loudly, keep the rest.
                         tracing::error!(source = %name, partition = %p.label, error = %e, "partition failed; no further records will be read from it");
                         p.done = true;
+                    }
+                }
+                if replaying && p.done {
+                    if let Some(end) = p.end_of(epoch, first_epoch) {
+                        let at = p.inner.position();
+                        if at < end {
+                            // The input is not what the earlier run read: replaying on would
+                            // publish outputs that differ from the ones already published.
+                            tracing::error!(source = %name, partition = %p.label, epoch, at, recorded_end = end, "cannot replay: the partition ended before the position an earlier run recorded for this epoch (was the input truncated, or did retention delete it?); stopping rather than publishing different outputs");
+                            std::process::exit(3);
+                        }
                     }
                 }
                 if buffer.is_empty() {
@@ -381,6 +485,14 @@ pub fn source_operator<'s, T: ExchangeData>(
                 clock.note(oks + errs);
             }
             cursor = cursor.wrapping_add(1);
+            if replaying
+                && clock.current() == epoch
+                && owned.iter().all(|p| {
+                    p.done || p.end_of(epoch, first_epoch).is_none_or(|end| p.inner.position() >= end)
+                })
+            {
+                clock.ready(id);
+            }
             clock.maybe_close();
 
             if read_any || owned.iter().all(|p| p.done) || clock.stopping() || clock.current() != epoch {

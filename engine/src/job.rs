@@ -22,11 +22,18 @@ use std::sync::Arc;
 use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 use serde::de::DeserializeOwned;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::Scope;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{Scope, StreamVec};
 
+use crate::checkpoint::log::EpochLog;
+use crate::checkpoint::operator::{
+    checkpoint_clock, checkpoint_collection, manifest_writer, restore_feed, restored_records,
+    ManifestSpec, PartDone,
+};
+use crate::checkpoint::Recovery;
 use crate::config::{ConfigError, EngineConfig, Layers, SinksConfig};
-use crate::input::{source_operator, EpochClock, EpochLog, SourceSpec, SourceStreams};
-use crate::metrics::{Registry, SinkMetrics, SourceMetrics};
+use crate::input::{source_operator, EpochClock, SourceSpec, SourceStreams};
+use crate::metrics::{CheckpointMetrics, Registry, SinkMetrics, SourceMetrics};
 use crate::sink::{sink_table, writer_worker, LiveView, SinkError, SinkFactory, TableRow};
 use crate::source::{Source, SourceError};
 
@@ -45,12 +52,25 @@ pub enum BuildError {
     /// A table was sunk that the job did not declare, or twice.
     #[error("table `{0}`: {1}")]
     Table(String, String),
+    /// The checkpoint being restored does not fit this dataflow.
+    #[error("checkpoint {checkpoint}: {reason}; start afresh with `--fresh` (which ignores the checkpoints and the epoch log) or run the build that wrote it")]
+    Restore {
+        /// The checkpoint directory.
+        checkpoint: String,
+        /// What does not fit.
+        reason: String,
+    },
 }
 
 /// A CAP job: implemented by each job crate, run by [`crate::cli::main`].
 pub trait Job: Send + Sync + 'static {
     /// The job's name (binary name, metrics label).
     fn name(&self) -> &'static str;
+    /// The job's version (its crate's, `env!("CARGO_PKG_VERSION")`): a checkpoint restores
+    /// only into the same name and version.
+    fn version(&self) -> &'static str {
+        "0"
+    }
     /// One line on what the job computes.
     fn about(&self) -> &'static str;
     /// The embedded default configuration (TOML): runs with no file, env or flags.
@@ -78,6 +98,15 @@ pub struct Dataflow<'s> {
     live: Arc<BTreeMap<String, LiveView>>,
     declared: Vec<&'static str>,
     sunk: Vec<String>,
+    recovery: Arc<Recovery>,
+    /// The checkpoint marks, when checkpoints are on.
+    marks: Option<StreamVec<'s, u64, u64>>,
+    /// Every checkpoint operator's parts, for the manifest writer.
+    parts: Vec<StreamVec<'s, u64, PartDone>>,
+    /// `(name, record type)` of every checkpointed collection, in build order.
+    checkpointed: Vec<(String, String)>,
+    /// Done once the last checkpoint is written.
+    pub(crate) checkpoints: ProbeHandle<u64>,
 }
 
 impl<'s> Dataflow<'s> {
@@ -91,7 +120,7 @@ impl<'s> Dataflow<'s> {
         stop: Arc<AtomicBool>,
         live: Arc<BTreeMap<String, LiveView>>,
         declared: Vec<&'static str>,
-        global_worker: usize,
+        recovery: Arc<Recovery>,
     ) -> Result<Dataflow<'s>, BuildError> {
         let sinks: SinksConfig = layers.typed("sinks")?;
         sinks.validate(&declared)?;
@@ -109,20 +138,19 @@ impl<'s> Dataflow<'s> {
             }
             .into());
         }
-        let clock = Rc::new(RefCell::new(EpochClock::new(
-            engine.epoch_records,
-            engine.epoch_ms,
-            stop,
-        )));
-        let log = EpochLog::open(Some(&engine.state_dir), global_worker).map_err(|e| {
-            ConfigError::Invalid {
+        let clock = Rc::new(RefCell::new(
+            EpochClock::new(engine.epoch_records, engine.epoch_ms, stop)
+                .resuming(recovery.plan.first_epoch, recovery.plan.replay_through),
+        ));
+        let log =
+            EpochLog::open(&recovery.run_dir, scope.index()).map_err(|e| ConfigError::Invalid {
                 key: "engine.state_dir".into(),
-                reason: format!(
-                    "cannot create the epoch log under {}: {e}",
-                    engine.state_dir.display()
-                ),
-            }
-        })?;
+                reason: e.to_string(),
+            })?;
+        let marks = recovery
+            .config
+            .interval()
+            .map(|interval| checkpoint_clock(scope, Rc::clone(&clock), interval));
         Ok(Dataflow {
             scope,
             layers,
@@ -136,6 +164,11 @@ impl<'s> Dataflow<'s> {
             live,
             declared,
             sunk: Vec::new(),
+            recovery,
+            marks,
+            parts: Vec::new(),
+            checkpointed: Vec::new(),
+            checkpoints: ProbeHandle::new(),
         })
     }
 
@@ -190,6 +223,7 @@ impl<'s> Dataflow<'s> {
             source,
             limit: self.engine.max_events,
             metrics: SourceMetrics::new(&self.registry, name, self.scope.index()),
+            plan: Arc::new(self.recovery.plan.clone()),
         };
         Ok(source_operator(
             self.scope,
@@ -248,11 +282,123 @@ impl<'s> Dataflow<'s> {
             live,
             SinkMetrics::new(&self.registry, table),
             &self.probe,
+            self.recovery.restored_epoch(),
         );
         Ok(())
     }
 
-    pub(crate) fn finish(&self) -> Result<(), BuildError> {
+    /// Makes `collection` part of every checkpoint, under `name`: returns the collection to
+    /// build on, which after a restore starts with the checkpoint's contents (at the restored
+    /// epoch) and goes on with the updates of the input read since.
+    ///
+    /// Checkpoint the first *reduced* collections of the dataflow (per customer, per bucket
+    /// accumulations, not raw events): everything the job computes must be a function of its
+    /// checkpointed collections' contents, since nothing else survives a restart. Names are
+    /// unique per job; the names and record types make up the dataflow's fingerprint, which a
+    /// restored checkpoint must match.
+    pub fn checkpointed<D>(
+        &mut self,
+        name: &str,
+        collection: VecCollection<'s, u64, D>,
+    ) -> Result<VecCollection<'s, u64, D>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+    {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid || self.checkpointed.iter().any(|(n, _)| n == name) {
+            return Err(BuildError::Table(
+                name.into(),
+                "a checkpointed collection needs a unique name of letters, digits, `_` and `-`"
+                    .into(),
+            ));
+        }
+        self.checkpointed
+            .push((name.to_owned(), std::any::type_name::<D>().to_owned()));
+        let collection = match &self.recovery.restored {
+            Some((dir, manifest)) => {
+                if !manifest.parts.iter().any(|p| p.collection == name) {
+                    return Err(BuildError::Restore {
+                        checkpoint: dir.display().to_string(),
+                        reason: format!(
+                            "it holds no collection `{name}`, which this job checkpoints"
+                        ),
+                    });
+                }
+                let records = restored_records::<D>(
+                    dir,
+                    manifest,
+                    name,
+                    self.scope.index(),
+                    self.scope.peers(),
+                )
+                .map_err(|e| BuildError::Restore {
+                    checkpoint: dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let restored = restore_feed(self.scope, name, manifest.epoch, records);
+                collection.concat(restored)
+            }
+            None => collection,
+        };
+        if let Some(marks) = &self.marks {
+            let parts = checkpoint_collection(
+                collection.clone(),
+                marks.clone(),
+                name,
+                self.recovery.root.clone(),
+                CheckpointMetrics::new(&self.registry, name, self.scope.index()),
+            );
+            self.parts.push(parts);
+        }
+        Ok(collection)
+    }
+
+    /// The fingerprint of the checkpointed part of the dataflow.
+    fn fingerprint(&self) -> String {
+        let mut names: Vec<String> = self
+            .checkpointed
+            .iter()
+            .map(|(n, t)| format!("{n}:{t}"))
+            .collect();
+        names.sort();
+        names.join(",")
+    }
+
+    pub(crate) fn finish(&mut self) -> Result<(), BuildError> {
+        let fingerprint = self.fingerprint();
+        if let Some((dir, manifest)) = &self.recovery.restored {
+            if manifest.fingerprint != fingerprint {
+                return Err(BuildError::Restore {
+                    checkpoint: dir.display().to_string(),
+                    reason: format!(
+                        "it was written by a dataflow checkpointing [{}], this one checkpoints [{fingerprint}]",
+                        manifest.fingerprint
+                    ),
+                });
+            }
+        }
+        if let Some(marks) = self.marks.take() {
+            if self.checkpointed.is_empty() {
+                if self.scope.index() == 0 {
+                    tracing::warn!("engine.checkpoint.interval_ms is set but the job checkpoints no collection: no checkpoints are written, and a restart replays the epoch log from the start");
+                }
+            } else {
+                let spec = ManifestSpec {
+                    root: self.recovery.root.clone(),
+                    keep: self.recovery.config.keep,
+                    job: self.recovery.identity.job.clone(),
+                    version: self.recovery.identity.version.clone(),
+                    fingerprint: (fingerprint, self.checkpointed.len()),
+                    metrics: CheckpointMetrics::new(&self.registry, "", self.scope.index()),
+                    outputs: self.probe.clone(),
+                };
+                manifest_writer(marks, std::mem::take(&mut self.parts), spec)
+                    .probe_with(&self.checkpoints);
+            }
+        }
         for t in &self.declared {
             if self.wants(t) && !self.sunk.iter().any(|s| s == t) {
                 return Err(BuildError::Table(

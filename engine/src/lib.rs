@@ -43,6 +43,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod dead_letter;

@@ -396,6 +396,61 @@ impl SinkMetrics {
     }
 }
 
+/// Checkpoint metrics: per worker and collection (`pause`, `records`) or per process
+/// (`written`, `failed`, `bytes`, counted by worker 0).
+#[derive(Clone)]
+pub struct CheckpointMetrics {
+    /// Time a worker paused to copy its share of a collection at a checkpoint.
+    pub pause: LatencyHistogram,
+    /// Records of the collection in this worker's latest part.
+    pub records: Gauge,
+    /// Checkpoints completed (manifest written).
+    pub written: Counter,
+    /// Checkpoints abandoned (a part or the manifest could not be written).
+    pub failed: Counter,
+    /// Bytes of the latest complete checkpoint.
+    pub bytes: Gauge,
+}
+
+impl CheckpointMetrics {
+    /// Registers the series of `collection` (empty: the manifest's) on `worker`.
+    pub fn new(registry: &Registry, collection: &str, worker: usize) -> CheckpointMetrics {
+        let labels = || {
+            vec![
+                ("worker", worker.to_string()),
+                ("collection", collection.to_owned()),
+            ]
+        };
+        CheckpointMetrics {
+            pause: registry.histogram(
+                "cap_checkpoint_pause_seconds",
+                "Time a worker paused its dataflow to copy its share of a checkpointed collection.",
+                labels(),
+            ),
+            records: registry.gauge(
+                "cap_checkpoint_records",
+                "Records of a checkpointed collection in this worker's latest part.",
+                labels(),
+            ),
+            written: registry.counter(
+                "cap_checkpoints_written_total",
+                "Checkpoints completed (manifest written).",
+                vec![],
+            ),
+            failed: registry.counter(
+                "cap_checkpoints_failed_total",
+                "Checkpoints abandoned because a part or the manifest could not be written.",
+                vec![],
+            ),
+            bytes: registry.gauge(
+                "cap_checkpoint_bytes",
+                "Bytes of the latest complete checkpoint.",
+                vec![],
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::checkpoint::store::Identity;
+use crate::checkpoint::Recovery;
 use crate::config::{ConfigError, EngineConfig, Layers};
 use crate::job::{BuildError, Dataflow, Job};
 use crate::metrics::{EpochMetrics, Registry};
@@ -42,6 +44,9 @@ pub enum RunError {
     /// Timely could not start (e.g. could not connect to the other processes).
     #[error("cannot start the workers: {0}")]
     Start(String),
+    /// The checkpoints or the epoch log cannot be used.
+    #[error("cannot prepare the restart: {0}")]
+    Recovery(String),
     /// The metrics endpoint could not be bound.
     #[error("engine.metrics_addr `{addr}`: {cause}")]
     Metrics {
@@ -173,6 +178,13 @@ pub fn run_job<J: Job>(
             .collect(),
     );
     let config = timely_config(&engine)?;
+    let identity = Identity {
+        job: job.name().to_owned(),
+        version: job.version().to_owned(),
+    };
+    let recovery = Arc::new(
+        Recovery::prepare(&engine, identity).map_err(|e| RunError::Recovery(e.to_string()))?,
+    );
     tracing::info!(
         job = job.name(),
         workers = engine.workers,
@@ -214,13 +226,17 @@ pub fn run_job<J: Job>(
                 Arc::clone(&w_stop),
                 Arc::clone(&w_live),
                 declared.clone(),
-                index,
+                Arc::clone(&recovery),
             )?;
             job.build(&mut df)?;
             df.finish()?;
-            Ok((df.probe.clone(), std::rc::Rc::clone(&df.clock)))
+            Ok((
+                df.probe.clone(),
+                std::rc::Rc::clone(&df.clock),
+                df.checkpoints.clone(),
+            ))
         });
-        let (probe, clock) = match built {
+        let (probe, clock, checkpoints) = match built {
             Ok(parts) => parts,
             Err(e) => {
                 let message = e.to_string();
@@ -248,7 +264,7 @@ pub fn run_job<J: Job>(
                 epoch_metrics.completed.add(1);
                 clock.closed.pop_front();
             }
-            if probe.done() {
+            if probe.done() && checkpoints.done() {
                 break;
             }
         }

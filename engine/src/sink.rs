@@ -124,7 +124,9 @@ pub fn writer_worker(table: &str, peers: usize) -> usize {
 
 /// Attaches a table sink to `rows`. `writer` is opened only on the table's writer worker
 /// (the closure runs there and nowhere else). Returns after wiring; the probe handle is
-/// advanced once an epoch is written.
+/// advanced once an epoch is written. The changes of epochs up to `published_through` (a
+/// restored checkpoint's epoch: its outputs were published by an earlier run) reach the live
+/// view but not the writer.
 pub fn sink_table<'s, R>(
     rows: VecCollection<'s, u64, R>,
     table: &str,
@@ -132,6 +134,7 @@ pub fn sink_table<'s, R>(
     live: Option<LiveView>,
     metrics: SinkMetrics,
     probe: &ProbeHandle<u64>,
+    published_through: Option<u64>,
 ) where
     R: TableRow + Hashable,
 {
@@ -172,7 +175,10 @@ pub fn sink_table<'s, R>(
                         if changes.is_empty() {
                             continue;
                         }
-                        metrics.changes.add(changes.len() as u64);
+                        let published = published_through.is_some_and(|p| epoch <= p);
+                        if !published {
+                            metrics.changes.add(changes.len() as u64);
+                        }
                         if let Some(view) = &live {
                             let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
                             for c in &changes {
@@ -186,7 +192,7 @@ pub fn sink_table<'s, R>(
                                 }
                             }
                         }
-                        if let Some(w) = writer.as_mut() {
+                        if let Some(w) = writer.as_mut().filter(|_| !published) {
                             if let Err(e) = w.write_epoch(epoch, &changes) {
                                 // Losing output is a broken guarantee: say so loudly.
                                 tracing::error!(table = %table_name, epoch, error = %e, "sink write failed; output for this epoch is incomplete");

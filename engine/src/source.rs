@@ -8,15 +8,13 @@
 //!
 //! The engine polls the partitions a worker owns, stamps what it reads with the current
 //! ingest epoch, and when it closes an epoch records, per partition, the position up to
-//! which the epoch covers the input (an [`EpochPositions`]). Replaying a partition from a
+//! which the epoch covers the input (a [`LogRecord`](crate::checkpoint::log::LogRecord)). Replaying a partition from a
 //! recorded position re-reads exactly the same records; that is what checkpoints and
 //! exactly-once outputs are built on.
 //!
 //! Guarantees: a partition yields each position at most once per open, in increasing order.
 //! Non-guarantees: positions need not be dense (a Kafka topic may skip offsets), and a
 //! partition that is not [`seekable`](SourcePartition::seek) can only be read from the start.
-
-use serde::{Deserialize, Serialize};
 
 use crate::dead_letter::DeadLetter;
 
@@ -157,16 +155,4 @@ pub trait Source<T>: Send + Sync {
     ) -> Result<Vec<Box<dyn SourcePartition<T>>>, SourceError> {
         indices.iter().map(|&i| self.open(i)).collect()
     }
-}
-
-/// The positions an epoch covers on one worker: for each partition the worker owns, the
-/// position of the first record *after* the epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpochPositions {
-    /// The epoch (dataflow timestamp) these positions close.
-    pub epoch: u64,
-    /// Source name.
-    pub source: String,
-    /// `(partition label, next position)` per owned partition.
-    pub positions: Vec<(String, Position)>,
 }

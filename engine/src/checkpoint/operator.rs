@@ -1,0 +1,433 @@
+//! The checkpoint operators: the clock that marks checkpoint epochs, the operator that keeps
+//! and writes one checkpointed collection, the feed that restores it, and the manifest
+//! writer.
+//!
+//! ```text
+//!  CheckpointClock (every worker; worker 0 marks) ── marks ──broadcast──┐
+//!  collection ──exchange by hash──▶ Checkpoint(name): consolidated state ├─▶ parts ──▶ Manifest (worker 0)
+//!  RestoreFeed(name): restored state at epoch C ──▶ concat into the collection
+//! ```
+//!
+//! A checkpoint operator holds its share of the collection consolidated (record -> diff).
+//! When both its inputs' frontiers have passed an epoch it applies the epoch's updates, and
+//! if the epoch is marked it copies the state (the only pause of the worker) and hands the
+//! copy to a thread that compresses and writes the part. It keeps a capability at the epoch
+//! until the part is written, so the manifest writer's frontier passes the epoch only when
+//! every worker's every part is on disk.
+
+use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Capability, Concat};
+use timely::dataflow::{Scope, StreamVec};
+
+use super::store::{self, Manifest, PartMeta};
+use crate::input::EpochClock;
+use crate::metrics::CheckpointMetrics;
+
+/// A part written (or not) by one checkpoint operator at one epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PartDone {
+    pub epoch: u64,
+    pub part: Result<PartMeta, String>,
+}
+
+/// Records the restore feed gives per activation.
+const FEED_BATCH: usize = 65_536;
+
+/// How often an operator waiting for a writer thread looks again.
+const POLL: Duration = Duration::from_millis(2);
+
+/// The marks of checkpoint epochs: worker 0 marks the first epoch it closes after each
+/// interval, and its last epoch; every worker's clock holds the marks' frontier at its own
+/// open epoch, so a checkpoint operator knows whether an epoch is marked once the frontier
+/// has passed it.
+pub(crate) fn checkpoint_clock<'s>(
+    scope: Scope<'s, u64>,
+    clock: Rc<RefCell<EpochClock>>,
+    interval: Duration,
+) -> StreamVec<'s, u64, u64> {
+    let marker = scope.index() == 0;
+    source::<_, CapacityContainerBuilder<Vec<u64>>, _, _>(
+        scope,
+        "CheckpointClock",
+        move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut cap = Some(cap);
+            let mut last = Instant::now();
+            let mut marked: Option<u64> = None;
+            move |output| {
+                let Some(c) = cap.as_mut() else { return };
+                let clock = clock.borrow();
+                let current = clock.current();
+                let finished = clock.sources_finished();
+                if marker {
+                    // The latest epoch this worker closed: marked when the interval has passed,
+                    // and always when the sources have ended (their last epoch is `current`).
+                    let closed = if finished {
+                        Some(current)
+                    } else {
+                        current.checked_sub(1)
+                    };
+                    if let Some(e) = closed.filter(|&e| e >= *c.time()) {
+                        if (finished || last.elapsed() >= interval) && marked != Some(e) {
+                            output.session(&c.delayed(&e)).give(e);
+                            marked = Some(e);
+                            last = Instant::now();
+                        }
+                    }
+                }
+                if finished {
+                    cap = None;
+                    return;
+                }
+                if current > *c.time() {
+                    c.downgrade(&current);
+                }
+                activator.activate_after(Duration::from_millis(5));
+            }
+        },
+    )
+}
+
+/// Applies one update to a consolidated state.
+fn apply<D: std::hash::Hash + Eq>(state: &mut HashMap<D, isize>, d: D, r: isize) {
+    match state.entry(d) {
+        Entry::Occupied(mut o) => {
+            *o.get_mut() += r;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+        Entry::Vacant(v) => {
+            if r != 0 {
+                v.insert(r);
+            }
+        }
+    }
+}
+
+/// Keeps `collection` consolidated and writes this worker's share of it at every marked
+/// epoch into `<root>/ckpt-<epoch>/<name>.w<worker>.part`.
+pub(crate) fn checkpoint_collection<'s, D>(
+    collection: VecCollection<'s, u64, D>,
+    marks: StreamVec<'s, u64, u64>,
+    name: &str,
+    root: PathBuf,
+    metrics: CheckpointMetrics,
+) -> StreamVec<'s, u64, PartDone>
+where
+    D: ExchangeData + Hashable + std::hash::Hash,
+{
+    let name = name.to_owned();
+    let scope = collection.inner.scope();
+    let worker = scope.index();
+    let op_name = format!("Checkpoint({name})");
+    collection
+        .inner
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<PartDone>>, _, _, _, _>(
+            marks.broadcast(),
+            Exchange::new(|(d, _, _): &(D, u64, isize)| d.hashed().into()),
+            Pipeline,
+            &op_name,
+            move |cap, info| {
+                let activator = scope.activator_for(info.address);
+                let mut base: Option<Capability<u64>> = Some(cap);
+                let mut state: HashMap<D, isize> = HashMap::new();
+                let mut pending: BTreeMap<u64, Vec<(D, isize)>> = BTreeMap::new();
+                let mut marked: BTreeSet<u64> = BTreeSet::new();
+                type Writing = (Capability<u64>, JoinHandle<Result<PartMeta, String>>);
+                let mut writing: Vec<Writing> = Vec::new();
+                move |(data, data_frontier), (marks_in, marks_frontier), output| {
+                    data.for_each(|_cap, batch| {
+                        for (d, t, r) in batch.drain(..) {
+                            pending.entry(t).or_default().push((d, r));
+                        }
+                    });
+                    marks_in.for_each(|_cap, batch| marked.extend(batch.drain(..)));
+                    let passed =
+                        |t: &u64| !data_frontier.less_equal(t) && !marks_frontier.less_equal(t);
+                    // Epochs complete on both inputs, in order.
+                    let mut epochs: BTreeSet<u64> =
+                        pending.keys().copied().filter(|t| passed(t)).collect();
+                    epochs.extend(marked.iter().copied().filter(|t| passed(t)));
+                    for epoch in epochs {
+                        for (d, r) in pending.remove(&epoch).unwrap_or_default() {
+                            apply(&mut state, d, r);
+                        }
+                        if !marked.remove(&epoch) {
+                            continue;
+                        }
+                        let Some(b) = base.as_ref() else { continue };
+                        // The worker's only pause: copying its share of the state.
+                        let started = Instant::now();
+                        let snapshot: Vec<(D, isize)> =
+                            state.iter().map(|(d, r)| (d.clone(), *r)).collect();
+                        metrics.pause.record(started.elapsed());
+                        metrics
+                            .records
+                            .set(i64::try_from(snapshot.len()).unwrap_or(i64::MAX));
+                        let dir = store::checkpoint_dir(&root, epoch);
+                        let part_name = name.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name(format!("cap-ckpt-{worker}"))
+                            .spawn(move || {
+                                store::write_part(&dir, &part_name, worker, &snapshot)
+                                    .map_err(|e| e.to_string())
+                            });
+                        match spawned {
+                            Ok(h) => writing.push((b.delayed(&epoch), h)),
+                            Err(e) => output.session(&b.delayed(&epoch)).give(PartDone {
+                                epoch,
+                                part: Err(format!("cannot start the writer thread: {e}")),
+                            }),
+                        }
+                    }
+                    // Report the parts written; the capability at their epoch goes with them.
+                    let mut i = 0;
+                    while i < writing.len() {
+                        if writing[i].1.is_finished() {
+                            let (cap, handle) = writing.swap_remove(i);
+                            let part = handle
+                                .join()
+                                .unwrap_or_else(|_| Err("the writer thread panicked".into()));
+                            let epoch = *cap.time();
+                            output.session(&cap).give(PartDone { epoch, part });
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    if !writing.is_empty() {
+                        activator.activate_after(POLL);
+                    }
+                    // Hold the base capability at the least epoch still to come.
+                    let least = data_frontier
+                        .frontier()
+                        .iter()
+                        .chain(marks_frontier.frontier().iter())
+                        .min()
+                        .copied();
+                    match (least, base.as_mut()) {
+                        (Some(t), Some(b)) if t > *b.time() => b.downgrade(&t),
+                        (None, _) => base = None,
+                        _ => {}
+                    }
+                }
+            },
+        )
+}
+
+/// Gives the restored records of one collection at `epoch`: this worker reads the parts of
+/// the workers `w` with `w % peers == index` (the checkpoint operator's exchange then spreads
+/// them by hash, so any number of workers can restore any checkpoint).
+pub(crate) fn restore_feed<'s, D>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    epoch: u64,
+    records: Vec<(D, isize)>,
+) -> VecCollection<'s, u64, D>
+where
+    D: ExchangeData,
+{
+    let op_name = format!("Restore({name})");
+    source::<_, CapacityContainerBuilder<Vec<(D, u64, isize)>>, _, _>(
+        scope,
+        &op_name,
+        move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut cap = Some(cap.delayed(&epoch));
+            let mut records = records.into_iter();
+            move |output| {
+                let Some(c) = cap.as_ref() else { return };
+                let mut session = output.session(c);
+                let mut given = 0;
+                for (d, r) in records.by_ref() {
+                    session.give((d, epoch, r));
+                    given += 1;
+                    if given == FEED_BATCH {
+                        break;
+                    }
+                }
+                drop(session);
+                if given == FEED_BATCH {
+                    activator.activate();
+                } else {
+                    cap = None;
+                }
+            }
+        },
+    )
+    .as_collection()
+}
+
+/// Reads the parts of `name` this worker restores (see [`restore_feed`]).
+pub(crate) fn restored_records<D: ExchangeData>(
+    dir: &std::path::Path,
+    manifest: &Manifest,
+    name: &str,
+    index: usize,
+    peers: usize,
+) -> Result<Vec<(D, isize)>, store::StoreError> {
+    let mut out = Vec::new();
+    for part in manifest
+        .parts
+        .iter()
+        .filter(|p| p.collection == name && p.worker % peers == index)
+    {
+        out.extend(store::read_part::<D>(dir, part)?);
+    }
+    Ok(out)
+}
+
+/// What the manifest writer needs besides the parts.
+pub(crate) struct ManifestSpec {
+    pub root: PathBuf,
+    pub keep: usize,
+    pub job: String,
+    pub version: String,
+    /// Set once the dataflow is built: the fingerprint and the collections.
+    pub fingerprint: (String, usize),
+    pub metrics: CheckpointMetrics,
+    /// The sinks' progress: a checkpoint is complete only once every sink has published its
+    /// epoch, since a restore drops the outputs up to it.
+    pub outputs: ProbeHandle<u64>,
+}
+
+/// On worker 0: writes the manifest of every marked epoch once every part of it is written
+/// and every sink has published the epoch, then deletes old checkpoints. Elsewhere: forwards
+/// the parts to worker 0. Its output's frontier is empty once nothing is left to write, so a
+/// worker waits for the last checkpoint before it exits.
+pub(crate) fn manifest_writer<'s>(
+    marks: StreamVec<'s, u64, u64>,
+    parts: Vec<StreamVec<'s, u64, PartDone>>,
+    spec: ManifestSpec,
+) -> StreamVec<'s, u64, ()> {
+    let scope = marks.scope();
+    let peers = scope.peers();
+    let mut all = parts.into_iter();
+    let first = match all.next() {
+        Some(s) => s,
+        None => timely::dataflow::operators::generic::operator::empty(scope),
+    };
+    let parts = all.fold(first, |acc, s| acc.concat(s));
+    parts.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        marks,
+        Exchange::new(|_: &PartDone| 0),
+        Pipeline,
+        "CheckpointManifest",
+        move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut base = Some(cap);
+            let mut received: BTreeMap<u64, Vec<Result<PartMeta, String>>> = BTreeMap::new();
+            let mut marked: BTreeSet<u64> = BTreeSet::new();
+            let mut started: BTreeMap<u64, Instant> = BTreeMap::new();
+            move |(parts_in, parts_frontier), (marks_in, marks_frontier), _output| {
+                parts_in.for_each(|_cap, batch| {
+                    for done in batch.drain(..) {
+                        received.entry(done.epoch).or_default().push(done.part);
+                    }
+                });
+                marks_in.for_each(|_cap, batch| {
+                    for e in batch.drain(..) {
+                        marked.insert(e);
+                        started.insert(e, Instant::now());
+                    }
+                });
+                let complete: Vec<u64> = marked
+                    .iter()
+                    .copied()
+                    .filter(|t| {
+                        !parts_frontier.less_equal(t)
+                            && !marks_frontier.less_equal(t)
+                            && !spec.outputs.less_equal(t)
+                    })
+                    .collect();
+                for epoch in complete {
+                    marked.remove(&epoch);
+                    let since = started.remove(&epoch);
+                    let results = received.remove(&epoch).unwrap_or_default();
+                    let (fingerprint, collections) = spec.fingerprint.clone();
+                    let mut metas = Vec::new();
+                    let mut failures = Vec::new();
+                    for r in results {
+                        match r {
+                            Ok(m) => metas.push(m),
+                            Err(e) => failures.push(e),
+                        }
+                    }
+                    if metas.len() != collections * peers && failures.is_empty() {
+                        failures.push(format!(
+                            "{} parts arrived, expected {} ({collections} collections x {peers} workers)",
+                            metas.len(),
+                            collections * peers
+                        ));
+                    }
+                    if !failures.is_empty() {
+                        spec.metrics.failed.add(1);
+                        tracing::error!(epoch, failures = ?failures, "checkpoint not written; the previous one stays the newest");
+                        continue;
+                    }
+                    metas.sort_by(|a, b| (&a.collection, a.worker).cmp(&(&b.collection, b.worker)));
+                    let manifest = Manifest {
+                        format: store::FORMAT,
+                        job: spec.job.clone(),
+                        version: spec.version.clone(),
+                        fingerprint,
+                        epoch,
+                        workers: peers,
+                        written_ms: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0),
+                        parts: metas,
+                    };
+                    let dir = store::checkpoint_dir(&spec.root, epoch);
+                    match store::write_manifest(&dir, &manifest) {
+                        Ok(()) => {
+                            spec.metrics.written.add(1);
+                            spec.metrics.bytes.set(i64::try_from(manifest.bytes()).unwrap_or(i64::MAX));
+                            tracing::info!(
+                                epoch,
+                                parts = manifest.parts.len(),
+                                records = manifest.parts.iter().map(|p| p.records).sum::<u64>(),
+                                bytes = manifest.bytes(),
+                                ms = since.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0),
+                                "checkpoint written"
+                            );
+                            let (root, keep) = (spec.root.clone(), spec.keep);
+                            let _ = std::thread::Builder::new()
+                                .name("cap-ckpt-retain".into())
+                                .spawn(move || store::retain(&root, keep));
+                        }
+                        Err(e) => {
+                            spec.metrics.failed.add(1);
+                            tracing::error!(epoch, error = %e, "checkpoint manifest not written; the previous checkpoint stays the newest");
+                        }
+                    }
+                }
+                // Parts of epochs never marked cannot exist; drop anything stale.
+                received.retain(|t, _| parts_frontier.less_equal(t) || marked.contains(t));
+                if !marked.is_empty() {
+                    // Waiting for the sinks, which do not wake this operator.
+                    activator.activate_after(POLL);
+                } else if parts_frontier.is_empty() && marks_frontier.is_empty() {
+                    base = None;
+                }
+                let _ = &base;
+            }
+        },
+    )
+}
