@@ -9,9 +9,17 @@
 //!   atomically (temporary file + rename) every `snapshot_interval_ms` and when the run ends,
 //!   so a reader never sees a half-written snapshot.
 //!
-//! Non-guarantees (this version): a rerun truncates the changelog (exactly-once replay
-//! across crashes arrives with checkpoints); the snapshot may lag the changelog by up to
-//! the snapshot interval while running.
+//! - `.<table>.changelog.commit`: `{"epoch":E,"bytes":B}`, replaced atomically after each
+//!   epoch is flushed: the changelog's first `B` bytes hold every epoch up to `E`, whole.
+//!
+//! Resume (a restored run, [`TableWriter::begin`] with `true`): the changelog is cut back to
+//! its committed length (dropping a half-written epoch), the current rows are rebuilt from
+//! it, and epochs up to the committed one are skipped when the replay writes them again, so
+//! the changelog holds every epoch exactly once. A fresh start truncates the changelog.
+//!
+//! Non-guarantees: the snapshot may lag the changelog by up to the snapshot interval while
+//! running; the changelog and commit file are flushed, not fsynced, per epoch (a process
+//! crash loses nothing; a power loss may lose the last epochs, which a restore rewrites).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -38,7 +46,12 @@ fn io_err(table: &str, what: String, cause: std::io::Error) -> SinkError {
 pub struct JsonLinesSink {
     table: String,
     dir: PathBuf,
-    changelog: BufWriter<File>,
+    /// Open once begun.
+    changelog: Option<BufWriter<File>>,
+    /// Bytes of the changelog written and flushed.
+    bytes: u64,
+    /// The last epoch wholly in the changelog, if any.
+    committed: Option<u64>,
     /// Current rows by key, in the typed key order (see [`JsonKey`]).
     current: BTreeMap<JsonKey, String>,
     snapshot_every: Duration,
@@ -46,8 +59,25 @@ pub struct JsonLinesSink {
     dirty: bool,
 }
 
+/// `.<table>.changelog.commit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Commit {
+    epoch: u64,
+    bytes: u64,
+}
+
+/// One changelog line, read back on resume with its key and row text as written.
+#[derive(serde::Deserialize)]
+struct ChangelogLine<'a> {
+    #[serde(borrow)]
+    key: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    row: &'a serde_json::value::RawValue,
+}
+
 impl JsonLinesSink {
-    /// Opens (truncating) the changelog of `table` under `dir`.
+    /// The sink of `table` under `dir`; the changelog is opened by [`TableWriter::begin`]
+    /// (or the first write).
     pub fn open(
         table: &str,
         dir: &Path,
@@ -60,19 +90,110 @@ impl JsonLinesSink {
                 e,
             )
         })?;
-        let path = dir.join(format!("{table}.changelog.jsonl"));
-        let file = File::create(&path)
-            .map_err(|e| io_err(table, format!("cannot create {}", path.display()), e))?;
-        let sink = JsonLinesSink {
+        Ok(JsonLinesSink {
             table: table.to_owned(),
             dir: dir.to_owned(),
-            changelog: BufWriter::with_capacity(1 << 20, file),
+            changelog: None,
+            bytes: 0,
+            committed: None,
             current: BTreeMap::new(),
             snapshot_every: Duration::from_millis(snapshot_interval_ms),
             last_snapshot: Instant::now(),
             dirty: true,
-        };
-        Ok(sink)
+        })
+    }
+
+    fn changelog_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.changelog.jsonl", self.table))
+    }
+
+    fn commit_path(&self) -> PathBuf {
+        self.dir.join(format!(".{}.changelog.commit", self.table))
+    }
+
+    /// The committed prefix of the changelog, when a commit file exists.
+    fn read_commit(&self) -> Result<Option<Commit>, SinkError> {
+        let path = self.commit_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| SinkError {
+                table: self.table.clone(),
+                what: format!("unreadable commit file {}: {e}", path.display()),
+                cause: None,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&self.table, format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    fn write_commit(&self, commit: Commit) -> std::io::Result<()> {
+        let path = self.commit_path();
+        let tmp = self.dir.join(format!(".{}.changelog.commit.tmp", self.table));
+        std::fs::write(&tmp, serde_json::to_vec(&commit).unwrap_or_default())?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Opens the changelog: afresh, or (resuming) cut back to its committed prefix with the
+    /// current rows rebuilt from it.
+    fn start(&mut self, resume: bool) -> Result<(), SinkError> {
+        let path = self.changelog_path();
+        let table = self.table.clone();
+        let commit = if resume { self.read_commit()? } else { None };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_err(&table, format!("cannot open {}", path.display()), e))?;
+        let keep = commit.map_or(0, |c| c.bytes);
+        let len = file
+            .metadata()
+            .map_err(|e| io_err(&table, format!("cannot stat {}", path.display()), e))?
+            .len();
+        if len < keep {
+            return Err(SinkError {
+                table,
+                what: format!(
+                    "{} holds {len} bytes but {} bytes were committed: the changelog was truncated by something else; start afresh with --fresh",
+                    path.display(),
+                    keep
+                ),
+                cause: None,
+            });
+        }
+        if keep > 0 {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, keep), &mut text)
+                .map_err(|e| io_err(&table, format!("cannot read {}", path.display()), e))?;
+            for (i, line) in text.lines().enumerate() {
+                let parsed: ChangelogLine<'_> = serde_json::from_str(line).map_err(|e| SinkError {
+                    table: table.clone(),
+                    what: format!("{} line {}: {e}", path.display(), i + 1),
+                    cause: None,
+                })?;
+                let key = JsonKey(parsed.key.get().to_owned());
+                match parsed.row.get() {
+                    "null" => self.current.remove(&key),
+                    row => self.current.insert(key, row.to_owned()),
+                };
+            }
+        }
+        if len > keep {
+            tracing::info!(table = %self.table, dropped_bytes = len - keep, "file sink: dropping a half-written epoch from the changelog");
+        }
+        file.set_len(keep)
+            .and_then(|_| std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(keep)))
+            .map_err(|e| io_err(&table, format!("cannot truncate {}", path.display()), e))?;
+        if !resume {
+            let _ = std::fs::remove_file(self.commit_path());
+        }
+        self.bytes = keep;
+        self.committed = commit.map(|c| c.epoch);
+        self.changelog = Some(BufWriter::with_capacity(1 << 20, file));
+        if resume {
+            tracing::info!(table = %self.table, committed_epoch = ?self.committed, rows = self.current.len(), "file sink resumed");
+        }
+        Ok(())
     }
 
     fn write_snapshot(&mut self) -> Result<(), SinkError> {
@@ -101,28 +222,44 @@ impl JsonLinesSink {
 }
 
 impl TableWriter for JsonLinesSink {
+    fn begin(&mut self, resume: bool) -> Result<(), SinkError> {
+        self.start(resume)
+    }
+
     fn write_epoch(&mut self, epoch: u64, changes: &[Change]) -> Result<(), SinkError> {
+        if self.changelog.is_none() {
+            self.start(false)?;
+        }
+        if self.committed.is_some_and(|c| epoch <= c) {
+            // Replayed after a restore: already in the changelog, exactly so.
+            return Ok(());
+        }
         let table = self.table.clone();
+        let Some(changelog) = self.changelog.as_mut() else {
+            return Ok(());
+        };
+        let mut written = 0u64;
         let result = (|| -> std::io::Result<()> {
             for c in changes {
-                write!(
-                    self.changelog,
-                    "{{\"epoch\":{epoch},\"key\":{},\"row\":",
-                    c.key
-                )?;
+                let head = format!("{{\"epoch\":{epoch},\"key\":{},\"row\":", c.key);
+                changelog.write_all(head.as_bytes())?;
+                written += head.len() as u64;
                 match &c.row {
                     Some(r) => {
-                        self.changelog.write_all(r.as_bytes())?;
+                        changelog.write_all(r.as_bytes())?;
+                        written += r.len() as u64;
                         self.current.insert(JsonKey(c.key.clone()), r.clone());
                     }
                     None => {
-                        self.changelog.write_all(b"null")?;
+                        changelog.write_all(b"null")?;
+                        written += 4;
                         self.current.remove(&JsonKey(c.key.clone()));
                     }
                 }
-                self.changelog.write_all(b"}\n")?;
+                changelog.write_all(b"}\n")?;
+                written += 2;
             }
-            self.changelog.flush()
+            changelog.flush()
         })();
         result.map_err(|e| {
             io_err(
@@ -131,6 +268,13 @@ impl TableWriter for JsonLinesSink {
                 e,
             )
         })?;
+        self.bytes += written;
+        self.committed = Some(epoch);
+        self.write_commit(Commit {
+            epoch,
+            bytes: self.bytes,
+        })
+        .map_err(|e| io_err(&table, format!("cannot commit epoch {epoch}"), e))?;
         self.dirty = true;
         if self.last_snapshot.elapsed() >= self.snapshot_every {
             self.write_snapshot()?;
@@ -140,9 +284,14 @@ impl TableWriter for JsonLinesSink {
 
     fn close(&mut self) -> Result<(), SinkError> {
         let table = self.table.clone();
-        self.changelog
-            .flush()
-            .map_err(|e| io_err(&table, "cannot flush the changelog".into(), e))?;
+        if self.changelog.is_none() {
+            self.start(false)?;
+        }
+        if let Some(changelog) = self.changelog.as_mut() {
+            changelog
+                .flush()
+                .map_err(|e| io_err(&table, "cannot flush the changelog".into(), e))?;
+        }
         if self.dirty {
             self.write_snapshot()?;
         }
@@ -227,6 +376,63 @@ mod tests {
         let snap = std::fs::read_to_string(dir.path().join("t.jsonl"))?;
         assert_eq!(snap, "{\"k\":2,\"v\":6}\n");
         Ok(())
+    }
+
+    /// Epoch `e` of a table whose rows change with `e` (and whose key `e % 3` leaves).
+    fn epoch_changes(e: u64) -> Vec<Change> {
+        (0..4u64)
+            .map(|k| Change {
+                key: format!("{{\"k\":{k}}}"),
+                row: (k != e % 3).then(|| format!("{{\"k\":{k},\"v\":{}}}", e * 10 + k)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resumed_changelog_holds_every_epoch_once_after_a_crash_mid_epoch() -> anyhow::Result<()> {
+        let straight = tempfile::tempdir()?;
+        let mut s = JsonLinesSink::open("t", straight.path(), 0)?;
+        s.begin(false)?;
+        for e in 0..6 {
+            s.write_epoch(e, &epoch_changes(e))?;
+        }
+        s.close()?;
+
+        let dir = tempfile::tempdir()?;
+        let mut s = JsonLinesSink::open("t", dir.path(), 0)?;
+        s.begin(false)?;
+        for e in 0..3 {
+            s.write_epoch(e, &epoch_changes(e))?;
+        }
+        drop(s);
+        // A crash halfway through epoch 3: part of a line, no commit.
+        append(&dir.path().join("t.changelog.jsonl"), "{\"epoch\":3,\"key\":{\"k\":0},\"ro")?;
+        let mut s = JsonLinesSink::open("t", dir.path(), 0)?;
+        s.begin(true)?;
+        // The restored run replays from epoch 1 on.
+        for e in 1..6 {
+            s.write_epoch(e, &epoch_changes(e))?;
+        }
+        s.close()?;
+        for file in ["t.changelog.jsonl", "t.jsonl"] {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(file))?,
+                std::fs::read_to_string(straight.path().join(file))?,
+                "{file}"
+            );
+        }
+        // A fresh start discards it all.
+        let mut s = JsonLinesSink::open("t", dir.path(), 0)?;
+        s.begin(false)?;
+        s.write_epoch(0, &epoch_changes(0))?;
+        s.close()?;
+        assert_eq!(std::fs::read_to_string(dir.path().join("t.changelog.jsonl"))?.lines().count(), 4);
+        Ok(())
+    }
+
+    fn append(path: &Path, text: &str) -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+        f.write_all(text.as_bytes())
     }
 
     #[test]

@@ -261,12 +261,14 @@ impl<'s> Dataflow<'s> {
         }
         let is_writer = writer_worker(table, self.scope.peers()) == self.scope.index();
         let writer = if is_writer {
-            Some(self.factory.open_bound(
+            let mut writer = self.factory.open_bound(
                 table,
                 self.sinks.for_table(table),
                 &self.sinks.notify_for(table),
                 &self.registry,
-            )?)
+            )?;
+            writer.begin(self.recovery.resuming)?;
+            Some(writer)
         } else {
             None
         };

@@ -67,6 +67,15 @@ pub trait TableWriter {
     fn wants_rows(&self) -> bool {
         true
     }
+    /// Called once before any write. `resume` is true when the run continues earlier runs
+    /// (a restore): the writer keeps what they published, and skips the epochs (or the part
+    /// of an epoch) it already holds when they are written again, since a replayed epoch
+    /// comes out exactly as before. False: a fresh start, the writer may discard what an
+    /// earlier run left. A writer that is never begun behaves as begun with `false`.
+    fn begin(&mut self, resume: bool) -> Result<(), SinkError> {
+        let _ = resume;
+        Ok(())
+    }
     /// Writes all changes of `epoch`, sorted by key. Called once per completed epoch that
     /// has changes, in increasing epoch order.
     fn write_epoch(&mut self, epoch: u64, changes: &[Change]) -> Result<(), SinkError>;

@@ -189,6 +189,12 @@ impl TableWriter for NotifyingWriter {
         true // the channels read rows even when the table's own writer does not
     }
 
+    /// The table's writer resumes; the channels do not: a replayed epoch notifies again
+    /// (notifications are at least once, keyed by the row's key).
+    fn begin(&mut self, resume: bool) -> Result<(), SinkError> {
+        self.inner.begin(resume)
+    }
+
     fn write_epoch(&mut self, epoch: u64, changes: &[Change]) -> Result<(), SinkError> {
         // First the table: a receiver told of an alert finds it there.
         self.inner.write_epoch(epoch, changes)?;

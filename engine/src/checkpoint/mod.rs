@@ -115,6 +115,9 @@ pub struct Recovery {
     pub plan: Plan,
     /// This run's epoch log directory.
     pub run_dir: PathBuf,
+    /// Whether the run continues earlier ones (restore on, and they left a checkpoint or an
+    /// epoch log): sinks then keep and extend what was published.
+    pub resuming: bool,
 }
 
 impl Recovery {
@@ -132,7 +135,7 @@ impl Recovery {
         let root = config.root(&engine.state_dir);
         let log_root = log::log_root(&engine.state_dir);
         let restore = config.restore;
-        let (run, restored, plan) = if restore {
+        let (run, restored, plan, resuming) = if restore {
             let history = History::read(&log_root)?;
             let run = match (engine.run, engine.processes) {
                 (Some(n), _) => n,
@@ -161,13 +164,14 @@ impl Recovery {
                 ),
                 None => {}
             }
-            (run, restored, plan)
+            let resuming = restored.is_some() || !history.is_empty();
+            (run, restored, plan, resuming)
         } else {
             let run = engine.run.unwrap_or(0);
             if engine.process == 0 {
                 start_afresh(&log_root, &root, run);
             }
-            (run, None, Plan::fresh())
+            (run, None, Plan::fresh(), false)
         };
         let header = RunHeader {
             run,
@@ -193,6 +197,7 @@ impl Recovery {
             restored,
             plan,
             run_dir,
+            resuming,
         })
     }
 }
