@@ -222,7 +222,11 @@ fn a_resumed_sink_publishes_every_change_once_and_partitions_like_librdkafka() -
     let resumed = read_topic(&broker.brokers, "resume.t")?;
     ensure_ordered("resume.t", &resumed)?;
     let expected = read_topic(&broker.brokers, "straight.t")?;
-    ensure!(expected.len() == 8 * 60, "{} messages straight", expected.len());
+    ensure!(
+        expected.len() == 8 * 60,
+        "{} messages straight",
+        expected.len()
+    );
     ensure!(
         messages(&resumed) == messages(&expected),
         "the resumed topic differs from the uninterrupted one: {} messages vs {}",
@@ -243,7 +247,10 @@ fn a_resumed_sink_publishes_every_change_once_and_partitions_like_librdkafka() -
         .filter(|r| r.epoch == 0)
         .map(|r| (r.key.clone(), r.partition))
         .collect();
-    ensure!(by_cap == by_librdkafka, "partitions differ: {by_cap:?} vs {by_librdkafka:?}");
+    ensure!(
+        by_cap == by_librdkafka,
+        "partitions differ: {by_cap:?} vs {by_librdkafka:?}"
+    );
     ensure!(
         by_cap.values().collect::<BTreeSet<_>>().len() == 3,
         "keys on fewer than 3 partitions"

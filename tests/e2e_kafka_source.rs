@@ -150,13 +150,22 @@ fn ensure_same_as_file(files: &Path, kafka: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The last recorded position of every partition over every worker's epoch log, and
-/// that each partition is read by exactly one worker.
+/// The last recorded position of every partition over every worker's epoch log
+/// (`epochs/run-N/worker-W.jsonl`), and that each partition is read by exactly one worker.
 fn final_positions(state: &Path) -> Result<BTreeMap<String, u64>> {
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
-    for entry in std::fs::read_dir(state.join("epochs"))? {
-        let path = entry?.path();
+    let mut files = Vec::new();
+    for run in std::fs::read_dir(state.join("epochs"))? {
+        for entry in std::fs::read_dir(run?.path())? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|x| x == "jsonl") {
+                files.push(path);
+            }
+        }
+    }
+    ensure!(!files.is_empty(), "no epoch log under {}", state.display());
+    for path in files {
         let worker = path.display().to_string();
         for line in std::io::BufReader::new(std::fs::File::open(&path)?).lines() {
             let rec: Value = serde_json::from_str(&line?)?;

@@ -115,19 +115,27 @@ impl JsonLinesSink {
     fn read_commit(&self) -> Result<Option<Commit>, SinkError> {
         let path = self.commit_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| SinkError {
-                table: self.table.clone(),
-                what: format!("unreadable commit file {}: {e}", path.display()),
-                cause: None,
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| SinkError {
+                    table: self.table.clone(),
+                    what: format!("unreadable commit file {}: {e}", path.display()),
+                    cause: None,
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&self.table, format!("cannot read {}", path.display()), e)),
+            Err(e) => Err(io_err(
+                &self.table,
+                format!("cannot read {}", path.display()),
+                e,
+            )),
         }
     }
 
     fn write_commit(&self, commit: Commit) -> std::io::Result<()> {
         let path = self.commit_path();
-        let tmp = self.dir.join(format!(".{}.changelog.commit.tmp", self.table));
+        let tmp = self
+            .dir
+            .join(format!(".{}.changelog.commit.tmp", self.table));
         std::fs::write(&tmp, serde_json::to_vec(&commit).unwrap_or_default())?;
         std::fs::rename(&tmp, &path)
     }
@@ -166,11 +174,12 @@ impl JsonLinesSink {
             std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, keep), &mut text)
                 .map_err(|e| io_err(&table, format!("cannot read {}", path.display()), e))?;
             for (i, line) in text.lines().enumerate() {
-                let parsed: ChangelogLine<'_> = serde_json::from_str(line).map_err(|e| SinkError {
-                    table: table.clone(),
-                    what: format!("{} line {}: {e}", path.display(), i + 1),
-                    cause: None,
-                })?;
+                let parsed: ChangelogLine<'_> =
+                    serde_json::from_str(line).map_err(|e| SinkError {
+                        table: table.clone(),
+                        what: format!("{} line {}: {e}", path.display(), i + 1),
+                        cause: None,
+                    })?;
                 let key = JsonKey(parsed.key.get().to_owned());
                 match parsed.row.get() {
                     "null" => self.current.remove(&key),
@@ -406,7 +415,10 @@ mod tests {
         }
         drop(s);
         // A crash halfway through epoch 3: part of a line, no commit.
-        append(&dir.path().join("t.changelog.jsonl"), "{\"epoch\":3,\"key\":{\"k\":0},\"ro")?;
+        append(
+            &dir.path().join("t.changelog.jsonl"),
+            "{\"epoch\":3,\"key\":{\"k\":0},\"ro",
+        )?;
         let mut s = JsonLinesSink::open("t", dir.path(), 0)?;
         s.begin(true)?;
         // The restored run replays from epoch 1 on.
@@ -426,7 +438,12 @@ mod tests {
         s.begin(false)?;
         s.write_epoch(0, &epoch_changes(0))?;
         s.close()?;
-        assert_eq!(std::fs::read_to_string(dir.path().join("t.changelog.jsonl"))?.lines().count(), 4);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("t.changelog.jsonl"))?
+                .lines()
+                .count(),
+            4
+        );
         Ok(())
     }
 

@@ -4,6 +4,8 @@
 //! customer-analytics run [--workers N] [--processes N --process I [--hostfile F]]
 //!                        [--config FILE] [--set KEY=VALUE]... [--max-events N] ...
 //! customer-analytics config [same flags]     # print the effective configuration
+//! customer-analytics supervise [--max-restarts N] [--backoff-ms MS] [run flags]
+//!                                            # run engine.processes processes, restart on a crash
 //! customer-analytics generate ...           # extension command (from the connectors)
 //! ```
 //!
@@ -16,10 +18,11 @@ use std::sync::Arc;
 
 use clap::{ArgMatches, Args, Command, FromArgMatches};
 
-use crate::config::{ConfigError, Layers};
+use crate::config::{ConfigError, EngineConfig, Layers};
 use crate::job::Job;
 use crate::runtime::{run_job, RunReport};
 use crate::sink::SinkFactory;
+use crate::supervise::{supervise, Plan as SupervisePlan, SuperviseArgs};
 
 /// Flags shared by `run` and `config`.
 #[derive(Debug, Clone, Args)]
@@ -205,13 +208,19 @@ pub fn main<J: Job, C: Connectors + 'static>(job: J, connectors: Arc<C>) -> Exit
     let config_cmd = RunArgs::augment_args(
         Command::new("config").about("Print the effective configuration and exit"),
     );
+    let supervise_cmd = SuperviseArgs::augment_args(RunArgs::augment_args(
+        Command::new("supervise").about(
+            "Run this machine's processes of the job (engine.processes) and restart them all, restoring the newest checkpoint, when one dies",
+        ),
+    ));
     let mut cmd = Command::new(job.name())
         .about(job.about())
         .version(env!("CARGO_PKG_VERSION"))
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(run_cmd)
-        .subcommand(config_cmd);
+        .subcommand(config_cmd)
+        .subcommand(supervise_cmd);
     for c in connectors.commands() {
         cmd = cmd.subcommand(c);
     }
@@ -240,6 +249,55 @@ pub fn main<J: Job, C: Connectors + 'static>(job: J, connectors: Arc<C>) -> Exit
             match run_job(Arc::new(job), layers, factory) {
                 Ok(RunReport { .. }) => ExitCode::SUCCESS,
                 Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        "supervise" => {
+            let (args, own) = match (
+                RunArgs::from_arg_matches(sub),
+                SuperviseArgs::from_arg_matches(sub),
+            ) {
+                (Ok(a), Ok(o)) => (a, o),
+                (Err(e), _) | (_, Err(e)) => e.exit(),
+            };
+            let layers = match layered_config(&job, &args, std::env::vars()) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let engine: EngineConfig = match layers.typed("engine") {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::runtime::init_logging(&engine.log_level);
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: cannot find this program's path: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let raw: Vec<String> = std::env::args()
+                .skip_while(|a| a != "supervise")
+                .skip(1)
+                .collect();
+            let plan = SupervisePlan {
+                exe: &exe,
+                run_flags: SuperviseArgs::run_flags(&raw),
+                processes: engine.processes,
+                state_dir: &engine.state_dir,
+            };
+            match supervise(&plan, &own) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "supervise: giving up");
                     eprintln!("error: {e}");
                     ExitCode::from(1)
                 }

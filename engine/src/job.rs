@@ -143,9 +143,11 @@ impl<'s> Dataflow<'s> {
                 .resuming(recovery.plan.first_epoch, recovery.plan.replay_through),
         ));
         let log =
-            EpochLog::open(&recovery.run_dir, scope.index()).map_err(|e| ConfigError::Invalid {
-                key: "engine.state_dir".into(),
-                reason: e.to_string(),
+            EpochLog::open(&recovery.run_dir, scope.index(), recovery.fresh_log).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "engine.state_dir".into(),
+                    reason: e.to_string(),
+                }
             })?;
         let marks = recovery
             .config

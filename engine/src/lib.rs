@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod supervise;
 pub mod time;
 pub mod values;
 

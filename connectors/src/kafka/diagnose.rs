@@ -93,10 +93,11 @@ impl ConsumerContext for ProbeContext {}
 /// else the last one. `None` when the brokers answer (the failure lies elsewhere) or say
 /// nothing in time.
 pub(crate) fn probe(config: &ClientConfig, wait: Duration) -> Option<String> {
-    let consumer: BaseConsumer<ProbeContext> = match config.create_with_context(ProbeContext::default()) {
-        Ok(consumer) => consumer,
-        Err(e) => return Some(super::client_error(&e)),
-    };
+    let consumer: BaseConsumer<ProbeContext> =
+        match config.create_with_context(ProbeContext::default()) {
+            Ok(consumer) => consumer,
+            Err(e) => return Some(super::client_error(&e)),
+        };
     let deadline = Instant::now() + wait;
     loop {
         let answered = consumer

@@ -37,10 +37,10 @@ use cap_engine::sink::{Change, SinkError, TableWriter};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Headers;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -288,7 +288,9 @@ impl KafkaChangelogSink {
             .producer
             .client()
             .fetch_metadata(Some(&self.topic), Self::RESUME_TIMEOUT)
-            .map_err(|e| self.error(format!("cannot read the metadata of `{}`: {e}", self.topic)))?;
+            .map_err(|e| {
+                self.error(format!("cannot read the metadata of `{}`: {e}", self.topic))
+            })?;
         let n = md
             .topics()
             .iter()
@@ -306,18 +308,30 @@ impl KafkaChangelogSink {
     /// The `(epoch, seq)` of the last message of every partition (`None`: empty, or not
     /// written by CAP).
     fn read_published(&self, partitions: i32) -> Result<Vec<Option<(u64, u64)>>, SinkError> {
+        // A group id only because librdkafka's assign wants one; nothing is committed.
         let consumer: BaseConsumer = client_config(&self.config)
+            .set("group.id", "cap-sink-resume")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()
-            .map_err(|e| self.error(format!("cannot create a consumer to resume: {}", client_error(&e))))?;
+            .map_err(|e| {
+                self.error(format!(
+                    "cannot create a consumer to resume: {}",
+                    client_error(&e)
+                ))
+            })?;
         let mut published = vec![None; partitions as usize];
         let mut tpl = TopicPartitionList::new();
         let mut waiting = 0usize;
         for p in 0..partitions {
             let (lo, hi) = consumer
                 .fetch_watermarks(&self.topic, p, Self::RESUME_TIMEOUT)
-                .map_err(|e| self.error(format!("cannot read the offsets of {}/{p}: {e}", self.topic)))?;
+                .map_err(|e| {
+                    self.error(format!(
+                        "cannot read the offsets of {}/{p}: {e}",
+                        self.topic
+                    ))
+                })?;
             if hi > lo {
                 tpl.add_partition_offset(&self.topic, p, Offset::Offset(hi - 1))
                     .map_err(|e| self.error(e.to_string()))?;
@@ -344,7 +358,8 @@ impl KafkaChangelogSink {
             let Some(msg) = consumer.poll(left.min(Duration::from_millis(200))) else {
                 continue;
             };
-            let msg = msg.map_err(|e| self.error(format!("resume read of `{}`: {e}", self.topic)))?;
+            let msg =
+                msg.map_err(|e| self.error(format!("resume read of `{}`: {e}", self.topic)))?;
             let p = msg.partition() as usize;
             if p >= seen.len() || seen[p] {
                 continue;
@@ -360,7 +375,9 @@ impl KafkaChangelogSink {
             };
             match (header(EPOCH_HEADER), header(SEQ_HEADER)) {
                 (Some(e), Some(s)) => published[p] = Some((e, s)),
-                _ => warn!(table = %self.table, topic = %self.topic, partition = p, offset = msg.offset(), "kafka sink: the last message has no cap.epoch/cap.seq headers (not written by CAP); nothing is skipped in this partition"),
+                _ => {
+                    warn!(table = %self.table, topic = %self.topic, partition = p, offset = msg.offset(), "kafka sink: the last message has no cap.epoch/cap.seq headers (not written by CAP); nothing is skipped in this partition")
+                }
             }
         }
         Ok(published)
@@ -538,9 +555,7 @@ impl KafkaChangelogSink {
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => {
-                    return Err(explain(format!("{t}: {code}")))
-                }
+                Err((t, code)) => return Err(explain(format!("{t}: {code}"))),
             }
         }
         Ok(())
@@ -570,7 +585,10 @@ mod tests {
             ("foobar", -790_332_482),
             ("a-little-bit-long-string", -985_981_536),
             ("a-little-bit-longer-string", -1_486_304_829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             ("abc", 479_470_107),
         ] {
             assert_eq!(murmur2(key.as_bytes()), hash, "{key}");

@@ -372,14 +372,18 @@ impl EpochLog {
         }
     }
 
-    /// The log of global worker `worker` in `run_dir` (created by [`start_run`]).
-    pub fn open(run_dir: &Path, worker: usize) -> Result<EpochLog, LogError> {
+    /// The log of global worker `worker` in `run_dir` (created by [`start_run`]), emptied
+    /// first when `fresh`.
+    pub fn open(run_dir: &Path, worker: usize, fresh: bool) -> Result<EpochLog, LogError> {
         let path = run_dir.join(format!("worker-{worker}.jsonl"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true);
+        if fresh {
+            options.write(true).truncate(true);
+        } else {
+            options.append(true);
+        }
+        let file = options.open(&path).map_err(io_error(&path))?;
         Ok(EpochLog {
             path: Some(path),
             file: Some(std::io::BufWriter::new(file)),
@@ -403,7 +407,8 @@ pub fn start_run(root: &Path, header: &RunHeader) -> Result<PathBuf, LogError> {
     let dir = root.join(format!("run-{:06}", header.run));
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let path = dir.join("run.json");
-    let tmp = dir.join("run.json.tmp");
+    // Every process of a run writes the same header; each through its own temporary file.
+    let tmp = dir.join(format!("run.json.tmp.{}", std::process::id()));
     let text = serde_json::to_vec_pretty(header).unwrap_or_default();
     std::fs::write(&tmp, text).map_err(io_error(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
@@ -553,7 +558,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = log_root(dir.path());
         let run = start_run(&root, &header(0, 0, None))?;
-        let mut log = EpochLog::open(&run, 0)?;
+        let mut log = EpochLog::open(&run, 0, true)?;
         log.record(&start(0, &[("a", 0)]));
         log.record(&rec(0, "s", &[("a", 4)]));
         drop(log);

@@ -115,6 +115,9 @@ pub struct Recovery {
     pub plan: Plan,
     /// This run's epoch log directory.
     pub run_dir: PathBuf,
+    /// Whether each worker starts its epoch log anew (a fresh run, which may reuse run
+    /// number 0): every process truncates only its own workers' files.
+    pub fresh_log: bool,
     /// Whether the run continues earlier ones (restore on, and they left a checkpoint or an
     /// epoch log): sinks then keep and extend what was published.
     pub resuming: bool,
@@ -179,17 +182,6 @@ impl Recovery {
             replay_through: plan.replay_through,
         };
         let run_dir = log::start_run(&log_root, &header)?;
-        if !restore {
-            // A fresh run that reuses its run number (0) starts its workers' lines anew.
-            if let Ok(entries) = std::fs::read_dir(&run_dir) {
-                for e in entries.flatten() {
-                    let p = e.path();
-                    if p.extension().is_some_and(|x| x == "jsonl") {
-                        let _ = std::fs::remove_file(p);
-                    }
-                }
-            }
-        }
         Ok(Recovery {
             config,
             root,
@@ -198,6 +190,7 @@ impl Recovery {
             plan,
             run_dir,
             resuming,
+            fresh_log: !restore,
         })
     }
 }
