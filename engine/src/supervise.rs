@@ -85,10 +85,10 @@ pub enum SuperviseError {
         cause: std::io::Error,
     },
     /// The processes keep dying.
-    #[error("crash loop: {restarts} restarts within {window_s} s (--max-restarts {max}); giving up. Last: {last}")]
+    #[error("crash loop: {failures} failures within {window_s} s (--max-restarts {max}); giving up. Last: {last}")]
     CrashLoop {
-        /// Restarts in the window.
-        restarts: usize,
+        /// Failures in the window.
+        failures: usize,
         /// The window.
         window_s: u64,
         /// The limit.
@@ -291,7 +291,7 @@ pub fn supervise(plan: &Plan<'_>, args: &SuperviseArgs) -> Result<(), SuperviseE
         }
         if restarts.len() > args.max_restarts {
             return Err(SuperviseError::CrashLoop {
-                restarts: restarts.len(),
+                failures: restarts.len(),
                 window_s: args.restart_window_s,
                 max: args.max_restarts,
                 last: why,

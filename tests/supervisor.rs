@@ -1,0 +1,169 @@
+//! The supervisor with real processes: a process killed with SIGKILL in the middle of a run
+//! is restarted, the restart replays the epoch log, and the outputs equal those of an
+//! uninterrupted run: every table's snapshot is the same, and its changelog holds each
+//! epoch once, in order, and folds to the snapshot: nothing lost, nothing doubled. Epochs
+//! are cut by time as well as by count, so a restart that did not re-cut the published
+//! epochs as recorded would go on from a different state than the one published. A process
+//! that fails at every start ends in a crash-loop error.
+//!
+//! The customer-analytics job checkpoints no state yet, so the restart restores no
+//! checkpoint: it replays the epoch log from the start (the same cuts) and the file sinks
+//! skip the epochs they committed.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use cap_tests::{folded_and_snapshot, generate_csv, job_binary, run_on_csv, snapshot_tables};
+
+/// Lines in every worker log of the newest run under `state`.
+fn logged_epochs(state: &Path) -> usize {
+    let Ok(runs) = std::fs::read_dir(state.join("epochs")) else {
+        return 0;
+    };
+    let Some(newest) = runs.flatten().map(|e| e.path()).max() else {
+        return 0;
+    };
+    std::fs::read_to_string(newest.join("worker-0.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 150_000, 23, &[])?;
+    // Epochs of 3 ms (the record limit is out of reach): cut by timing.
+    let cut = ["--epoch-ms", "3"];
+    let straight = dir.path().join("straight");
+    run_on_csv(&csv, &straight, "2", "300", &[])?;
+
+    let out = dir.path().join("supervised");
+    let bin = job_binary()?;
+    let mut sup = Command::new(&bin)
+        .args(["supervise", "--backoff-ms", "200", "--input"])
+        .arg(&csv)
+        .arg("--output")
+        .arg(&out)
+        .args(["--workers", "2", "--epoch-records", "100000", "--no-console"])
+        .args(cut)
+        .args(["--checkpoint-ms", "600000"])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} supervise", bin.display()))?;
+    let stderr = sup.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let mut pid: Option<u32> = None;
+    let state = out.join("_state");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut killed = false;
+    let status = loop {
+        while let Ok(line) = rx.try_recv() {
+            if pid.is_none() && line.contains("supervise: process started") {
+                pid = line
+                    .split("pid=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse().ok());
+            }
+            log.push(line);
+        }
+        // Kill the process once it has published a few dozen epochs, well before its end.
+        if !killed && logged_epochs(&state) >= 10 {
+            let p = pid.context("no `process started` line with a pid")?;
+            let ok = Command::new("kill").args(["-9", &p.to_string()]).status()?.success();
+            ensure!(ok, "kill -9 {p} failed");
+            killed = true;
+        }
+        if let Some(status) = sup.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = sup.kill();
+            bail!("the supervisor did not finish in time:\n{}", log.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    log.extend(rx.try_iter());
+    let text = log.join("\n");
+    ensure!(killed, "the run ended before it could be killed:\n{text}");
+    ensure!(status.success(), "supervise failed ({status}):\n{text}");
+    ensure!(
+        text.contains("was killed by signal 9") && text.contains("restarting"),
+        "no restart in the log:\n{text}"
+    );
+    ensure!(
+        text.contains("file sink resumed"),
+        "the restart did not resume the file sinks:\n{text}"
+    );
+
+    let tables = snapshot_tables(&straight)?;
+    ensure!(tables.len() >= 14, "tables: {tables:?}");
+    for t in &tables {
+        let snapshot = format!("{t}.jsonl");
+        let a = std::fs::read_to_string(straight.join(&snapshot))?;
+        let b = std::fs::read_to_string(out.join(&snapshot))
+            .with_context(|| format!("{snapshot} after the restart"))?;
+        ensure!(
+            a == b,
+            "{snapshot} differs after a kill and restart ({} vs {} lines)",
+            a.lines().count(),
+            b.lines().count()
+        );
+        let changelog = out.join(format!("{t}.changelog.jsonl"));
+        let mut last = 0u64;
+        for line in std::fs::read_to_string(&changelog)?.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let epoch = v["epoch"].as_u64().context("epoch")?;
+            ensure!(epoch >= last, "{t}: epoch {epoch} after epoch {last}: an epoch written twice");
+            last = epoch;
+        }
+        let (folded, snapshot_rows) = folded_and_snapshot(&out, t)?;
+        let mut folded = folded;
+        let mut rows = snapshot_rows;
+        folded.sort_by_key(|v| v.to_string());
+        rows.sort_by_key(|v| v.to_string());
+        ensure!(folded == rows, "{t}: the changelog does not fold to the snapshot");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_process_that_fails_at_every_start_ends_in_a_crash_loop_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 100, 5, &[])?;
+    // The metrics address is taken: every start fails with exit code 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let bin = job_binary()?;
+    let out = Command::new(&bin)
+        .args(["supervise", "--max-restarts", "2", "--backoff-ms", "50", "--input"])
+        .arg(&csv)
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .args(["--no-console", "--metrics-addr", &addr])
+        .env_remove("RUST_LOG")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "supervise succeeded:\n{text}");
+    ensure!(
+        text.contains("crash loop: 3 failures within 300 s (--max-restarts 2)")
+            && text.contains("exited with code 1"),
+        "{text}"
+    );
+    ensure!(
+        text.matches("supervise: process started").count() == 3,
+        "expected the first start and 2 restarts:\n{text}"
+    );
+    Ok(())
+}
