@@ -424,9 +424,9 @@ pub(crate) fn manifest_writer<'s>(
                     // Waiting for the sinks, which do not wake this operator.
                     activator.activate_after(POLL);
                 } else if parts_frontier.is_empty() && marks_frontier.is_empty() {
-                    base = None;
+                    // Nothing left to write: let the worker's checkpoint probe finish.
+                    drop(base.take());
                 }
-                let _ = &base;
             }
         },
     )
