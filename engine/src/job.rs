@@ -225,7 +225,7 @@ impl<'s> Dataflow<'s> {
             source,
             limit: self.engine.max_events,
             metrics: SourceMetrics::new(&self.registry, name, self.scope.index()),
-            plan: Arc::new(self.recovery.plan.clone()),
+            plan: Arc::clone(&self.recovery.plan),
         };
         Ok(source_operator(
             self.scope,

@@ -23,6 +23,7 @@ pub(crate) mod operator;
 pub mod store;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -112,7 +113,7 @@ pub struct Recovery {
     /// The restored checkpoint, if any.
     pub restored: Option<(PathBuf, Manifest)>,
     /// How the sources cut their input.
-    pub plan: Plan,
+    pub plan: Arc<Plan>,
     /// This run's epoch log directory.
     pub run_dir: PathBuf,
     /// Whether each worker starts its epoch log anew (a fresh run, which may reuse run
@@ -187,7 +188,7 @@ impl Recovery {
             root,
             identity,
             restored,
-            plan,
+            plan: Arc::new(plan),
             run_dir,
             resuming,
             fresh_log: !restore,
