@@ -19,6 +19,7 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 use serde::de::DeserializeOwned;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
@@ -101,10 +102,15 @@ pub struct Dataflow<'s> {
     recovery: Arc<Recovery>,
     /// The checkpoint marks, when checkpoints are on.
     marks: Option<StreamVec<'s, u64, u64>>,
+    /// Checkpoints fall on epochs `e` with `e % align == align - 1` (see
+    /// [`Dataflow::align_epochs`]).
+    align: Rc<std::cell::Cell<u64>>,
     /// Every checkpoint operator's parts, for the manifest writer.
     parts: Vec<StreamVec<'s, u64, PartDone>>,
     /// `(name, record type)` of every checkpointed collection, in build order.
     checkpointed: Vec<(String, String)>,
+    /// The checkpointed collections whose writer is built.
+    checkpoint_written: Vec<String>,
     /// Done once the last checkpoint is written.
     pub(crate) checkpoints: ProbeHandle<u64>,
 }
@@ -149,10 +155,10 @@ impl<'s> Dataflow<'s> {
                     reason: e.to_string(),
                 }
             })?;
-        let marks = recovery
-            .config
-            .interval()
-            .map(|interval| checkpoint_clock(scope, Rc::clone(&clock), interval));
+        let align = Rc::new(std::cell::Cell::new(1u64));
+        let marks = recovery.config.interval().map(|interval| {
+            checkpoint_clock(scope, Rc::clone(&clock), interval, Rc::clone(&align))
+        });
         Ok(Dataflow {
             scope,
             layers,
@@ -168,8 +174,10 @@ impl<'s> Dataflow<'s> {
             sunk: Vec::new(),
             recovery,
             marks,
+            align,
             parts: Vec::new(),
             checkpointed: Vec::new(),
+            checkpoint_written: Vec::new(),
             checkpoints: ProbeHandle::new(),
         })
     }
@@ -297,16 +305,50 @@ impl<'s> Dataflow<'s> {
     ///
     /// Checkpoint the first *reduced* collections of the dataflow (per customer, per bucket
     /// accumulations, not raw events): everything the job computes must be a function of its
-    /// checkpointed collections' contents, since nothing else survives a restart. Names are
-    /// unique per job; the names and record types make up the dataflow's fingerprint, which a
-    /// restored checkpoint must match.
-    pub fn checkpointed<D>(
+    /// checkpointed collections' contents, since nothing else survives a restart. The
+    /// difference type may be any semigroup (counters ride in it, see
+    /// `cap_operators::aggregate`): the checkpoint holds each record with its accumulated
+    /// difference. Names are unique per job; the names and types make up the dataflow's
+    /// fingerprint, which a restored checkpoint must match.
+    pub fn checkpointed<D, R>(
         &mut self,
         name: &str,
-        collection: VecCollection<'s, u64, D>,
-    ) -> Result<VecCollection<'s, u64, D>, BuildError>
+        collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<VecCollection<'s, u64, D, R>, BuildError>
     where
         D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
+        let collection = match self.restored(name)? {
+            Some(restored) => collection.concat(restored),
+            None => collection,
+        };
+        self.checkpoint(name, collection.clone())?;
+        Ok(collection)
+    }
+
+    /// Makes checkpoints fall only on epochs `e` with `(e + 1) % every == 0`, for a dataflow
+    /// that delays updates to such epochs (`cap_operators::recommend::refresh_every`): a
+    /// checkpoint between two of them would hold updates that the delayed part has not yet
+    /// seen, and a restore would publish them again. Several calls align to all of them.
+    pub fn align_epochs(&mut self, every: u64) {
+        let every = every.max(1);
+        let a = self.align.get();
+        self.align.set(a / gcd(a, every) * every);
+    }
+
+    /// Registers a checkpointed collection for an operator that keeps its own state and
+    /// publishes it as a collection of changes (the windowed operators of
+    /// `cap_operators::anomaly`): returns the state to restore the operator with, at the
+    /// restored epoch, when this run restores. The operator's state changes, together with
+    /// these restored records, then go to [`Dataflow::checkpoint`] under the same name.
+    pub fn restored<D, R>(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<VecCollection<'s, u64, D, R>>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
     {
         let valid = !name.is_empty()
             && name
@@ -320,36 +362,56 @@ impl<'s> Dataflow<'s> {
             ));
         }
         self.checkpointed
-            .push((name.to_owned(), std::any::type_name::<D>().to_owned()));
-        let collection = match &self.recovery.restored {
-            Some((dir, manifest)) => {
-                if !manifest.parts.iter().any(|p| p.collection == name) {
-                    return Err(BuildError::Restore {
-                        checkpoint: dir.display().to_string(),
-                        reason: format!(
-                            "it holds no collection `{name}`, which this job checkpoints"
-                        ),
-                    });
-                }
-                let records = restored_records::<D>(
-                    dir,
-                    manifest,
-                    name,
-                    self.scope.index(),
-                    self.scope.peers(),
-                )
-                .map_err(|e| BuildError::Restore {
-                    checkpoint: dir.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let restored = restore_feed(self.scope, name, manifest.epoch, records);
-                collection.concat(restored)
-            }
-            None => collection,
+            .push((name.to_owned(), record_type::<D, R>()));
+        let Some((dir, manifest)) = &self.recovery.restored else {
+            return Ok(None);
         };
+        if !manifest.parts.iter().any(|p| p.collection == name) {
+            return Err(BuildError::Restore {
+                checkpoint: dir.display().to_string(),
+                reason: format!("it holds no collection `{name}`, which this job checkpoints"),
+            });
+        }
+        let records =
+            restored_records::<D, R>(dir, manifest, name, self.scope.index(), self.scope.peers())
+                .map_err(|e| BuildError::Restore {
+                checkpoint: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Some(restore_feed(
+            self.scope,
+            name,
+            manifest.epoch,
+            records,
+        )))
+    }
+
+    /// Writes `collection` at every checkpoint under `name`, registered by
+    /// [`Dataflow::restored`] with the same types; `collection` must include the restored
+    /// records (its accumulation is the state to restore).
+    pub fn checkpoint<D, R>(
+        &mut self,
+        name: &str,
+        collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<(), BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
+        let registered = self
+            .checkpointed
+            .iter()
+            .any(|(n, t)| n == name && *t == record_type::<D, R>());
+        if !registered || self.checkpoint_written.iter().any(|n| n == name) {
+            return Err(BuildError::Table(
+                name.into(),
+                "a checkpoint is written once per name, with the types `restored` registered it with".into(),
+            ));
+        }
+        self.checkpoint_written.push(name.to_owned());
         if let Some(marks) = &self.marks {
             let parts = checkpoint_collection(
-                collection.clone(),
+                collection,
                 marks.clone(),
                 name,
                 self.recovery.root.clone(),
@@ -357,7 +419,7 @@ impl<'s> Dataflow<'s> {
             );
             self.parts.push(parts);
         }
-        Ok(collection)
+        Ok(())
     }
 
     /// The fingerprint of the checkpointed part of the dataflow.
@@ -372,6 +434,17 @@ impl<'s> Dataflow<'s> {
     }
 
     pub(crate) fn finish(&mut self) -> Result<(), BuildError> {
+        if let Some((name, _)) = self
+            .checkpointed
+            .iter()
+            .find(|(n, _)| !self.checkpoint_written.contains(n))
+        {
+            return Err(BuildError::Table(
+                name.clone(),
+                "is registered for checkpoints (`restored`) but never written (`checkpoint`)"
+                    .into(),
+            ));
+        }
         let fingerprint = self.fingerprint();
         if let Some((dir, manifest)) = &self.recovery.restored {
             if manifest.fingerprint != fingerprint {
@@ -411,6 +484,145 @@ impl<'s> Dataflow<'s> {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The type of a checkpointed collection's records and differences, for the fingerprint.
+fn record_type<D, R>() -> String {
+    format!(
+        "{}*{}",
+        std::any::type_name::<D>(),
+        std::any::type_name::<R>()
+    )
+}
+
+/// Where a dataflow keeps the collections its state derives from: a job's [`Dataflow`]
+/// (checkpoints, see [`Dataflow::checkpointed`]), or [`NoCheckpoints`] when a part of a
+/// dataflow runs alone (benches, operator tests). Table builders take
+/// `&mut impl Checkpoints<'s>` so the same code serves both.
+pub trait Checkpoints<'s> {
+    /// See [`Dataflow::checkpointed`].
+    fn checkpointed<D, R>(
+        &mut self,
+        name: &str,
+        collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<VecCollection<'s, u64, D, R>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup;
+
+    /// See [`Dataflow::align_epochs`].
+    fn align_epochs(&mut self, every: u64);
+
+    /// See [`Dataflow::restored`].
+    fn restored<D, R>(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<VecCollection<'s, u64, D, R>>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup;
+
+    /// See [`Dataflow::checkpoint`].
+    fn checkpoint<D, R>(
+        &mut self,
+        name: &str,
+        collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<(), BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup;
+}
+
+impl<'s> Checkpoints<'s> for Dataflow<'s> {
+    fn checkpointed<D, R>(
+        &mut self,
+        name: &str,
+        collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<VecCollection<'s, u64, D, R>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
+        Dataflow::checkpointed(self, name, collection)
+    }
+
+    fn align_epochs(&mut self, every: u64) {
+        Dataflow::align_epochs(self, every);
+    }
+
+    fn restored<D, R>(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<VecCollection<'s, u64, D, R>>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
+        Dataflow::restored(self, name)
+    }
+
+    fn checkpoint<D, R>(
+        &mut self,
+        name: &str,
+        collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<(), BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
+        Dataflow::checkpoint(self, name, collection)
+    }
+}
+
+/// Checkpoints nothing: for a part of a dataflow run alone, outside a job.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCheckpoints;
+
+impl<'s> Checkpoints<'s> for NoCheckpoints {
+    fn checkpointed<D, R>(
+        &mut self,
+        _name: &str,
+        collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<VecCollection<'s, u64, D, R>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
+        Ok(collection)
+    }
+
+    fn align_epochs(&mut self, _every: u64) {}
+
+    fn restored<D, R>(
+        &mut self,
+        _name: &str,
+    ) -> Result<Option<VecCollection<'s, u64, D, R>>, BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
+        Ok(None)
+    }
+
+    fn checkpoint<D, R>(
+        &mut self,
+        _name: &str,
+        _collection: VecCollection<'s, u64, D, R>,
+    ) -> Result<(), BuildError>
+    where
+        D: ExchangeData + Hashable + std::hash::Hash,
+        R: ExchangeData + Semigroup,
+    {
         Ok(())
     }
 }

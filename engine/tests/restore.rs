@@ -144,6 +144,24 @@ impl TableRow for BucketRow {
     }
 }
 
+/// Per bucket, its added and retracted items: counted in a difference that is a pair.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct BucketSumRow {
+    bucket: u8,
+    adds: isize,
+    retracts: isize,
+}
+
+impl TableRow for BucketSumRow {
+    type Key = u8;
+    fn key(&self) -> u8 {
+        self.bucket
+    }
+}
+
+/// Checkpoints fall on epochs `e` with `e % ALIGN == ALIGN - 1` (`Dataflow::align_epochs`).
+const ALIGN: u64 = 3;
+
 struct Pairs;
 
 impl Job for Pairs {
@@ -160,7 +178,7 @@ impl Job for Pairs {
         "[engine]\nconsole = false\n[sources.items]\nkind = \"items\"\n[sinks]\nkind = \"memory\"\n"
     }
     fn tables(&self) -> Vec<&'static str> {
-        vec!["per_key", "per_bucket"]
+        vec!["per_key", "per_bucket", "bucket_sums"]
     }
     fn build<'s>(&self, df: &mut Dataflow<'s>) -> Result<(), BuildError> {
         let open = |_: &str, _: &toml::Table| -> Result<Arc<dyn Source<Item>>, SourceError> {
@@ -169,6 +187,7 @@ impl Job for Pairs {
         let items = df.source("items", &open)?.records;
         let signed = items
             .inner
+            .clone()
             .map(|(it, t, r)| ((it.key, it.bucket), t, if it.add { r } else { -r }))
             .as_collection();
         let pairs = df.checkpointed("pairs", signed)?;
@@ -190,6 +209,23 @@ impl Job for Pairs {
             .count()
             .map(|(bucket, keys)| BucketRow { bucket, keys });
         df.sink("per_bucket", per_bucket)?;
+        // A difference that is not an integer: the checkpoint holds (adds, retracts).
+        let counted = items
+            .inner
+            .map(|(it, t, r)| (it.bucket, t, if it.add { (r, 0) } else { (0, r) }))
+            .as_collection();
+        let counted = df.checkpointed("bucket_counts", counted)?;
+        df.sink(
+            "bucket_sums",
+            counted
+                .count()
+                .map(|(bucket, (adds, retracts))| BucketSumRow {
+                    bucket,
+                    adds,
+                    retracts,
+                }),
+        )?;
+        df.align_epochs(ALIGN);
         Ok(())
     }
 }
@@ -270,12 +306,25 @@ fn fold<'a>(epochs: impl IntoIterator<Item = &'a (u64, Vec<Change>)>) -> BTreeMa
 }
 
 /// The batch answer: per key (items, distinct buckets), per bucket distinct keys.
-fn oracle() -> (BTreeMap<u32, (isize, usize)>, BTreeMap<u8, isize>) {
+type Oracle = (
+    BTreeMap<u32, (isize, usize)>,
+    BTreeMap<u8, isize>,
+    BTreeMap<u8, (isize, isize)>,
+);
+
+fn oracle() -> Oracle {
     let mut pairs: BTreeMap<(u32, u8), isize> = BTreeMap::new();
+    let mut sums: BTreeMap<u8, (isize, isize)> = BTreeMap::new();
     for p in 0..PARTITIONS {
         for n in 0..PER_PARTITION {
             let it = item(p, n);
             *pairs.entry((it.key, it.bucket)).or_default() += if it.add { 1 } else { -1 };
+            let s = sums.entry(it.bucket).or_default();
+            if it.add {
+                s.0 += 1;
+            } else {
+                s.1 += 1;
+            }
         }
     }
     pairs.retain(|_, c| *c != 0);
@@ -287,11 +336,11 @@ fn oracle() -> (BTreeMap<u32, (isize, usize)>, BTreeMap<u8, isize>) {
         e.1 += 1;
         *per_bucket.entry(b).or_default() += 1;
     }
-    (per_key, per_bucket)
+    (per_key, per_bucket, sums)
 }
 
 fn assert_matches_oracle(tables: &BTreeMap<String, Vec<(u64, Vec<Change>)>>) {
-    let (per_key, per_bucket) = oracle();
+    let (per_key, per_bucket, sums) = oracle();
     let expect_keys: BTreeMap<String, String> = per_key
         .iter()
         .map(|(k, (items, buckets))| {
@@ -321,6 +370,18 @@ fn assert_matches_oracle(tables: &BTreeMap<String, Vec<(u64, Vec<Change>)>>) {
         })
         .collect();
     assert_eq!(fold(&tables["per_bucket"]), expect_buckets);
+    let expect_sums: BTreeMap<String, String> = sums
+        .iter()
+        .map(|(b, (adds, retracts))| {
+            let row = BucketSumRow {
+                bucket: *b,
+                adds: *adds,
+                retracts: *retracts,
+            };
+            (b.to_string(), serde_json::to_string(&row).unwrap())
+        })
+        .collect();
+    assert_eq!(fold(&tables["bucket_sums"]), expect_sums);
 }
 
 /// Cuts a copy of the uninterrupted run's state back to a crash after `published` was
@@ -383,9 +444,11 @@ fn restarts_on_any_worker_count_republish_the_same_epochs_and_end_equal() {
         last_epoch >= 20,
         "only {last_epoch} epochs: the test would cut nothing"
     );
+    let checkpoints = store::list(&state.join("checkpoints")).unwrap();
+    assert!(checkpoints.len() >= 3, "expected several checkpoints");
     assert!(
-        store::list(&state.join("checkpoints")).unwrap().len() >= 3,
-        "expected several checkpoints"
+        checkpoints.iter().all(|e| e % ALIGN == ALIGN - 1),
+        "checkpoints off the aligned epochs: {checkpoints:?}"
     );
 
     // Crashes at several moments; worker 1 logged further than worker 0 had.

@@ -23,6 +23,7 @@ use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -52,13 +53,15 @@ const FEED_BATCH: usize = 65_536;
 const POLL: Duration = Duration::from_millis(2);
 
 /// The marks of checkpoint epochs: worker 0 marks the first epoch it closes after each
-/// interval, and its last epoch; every worker's clock holds the marks' frontier at its own
+/// interval, and its last epoch (only epochs `e` with `e % align == align - 1`, see
+/// `Dataflow::align_epochs`); every worker's clock holds the marks' frontier at its own
 /// open epoch, so a checkpoint operator knows whether an epoch is marked once the frontier
 /// has passed it.
 pub(crate) fn checkpoint_clock<'s>(
     scope: Scope<'s, u64>,
     clock: Rc<RefCell<EpochClock>>,
     interval: Duration,
+    align: Rc<std::cell::Cell<u64>>,
 ) -> StreamVec<'s, u64, u64> {
     let marker = scope.index() == 0;
     source::<_, CapacityContainerBuilder<Vec<u64>>, _, _>(
@@ -82,7 +85,9 @@ pub(crate) fn checkpoint_clock<'s>(
                     } else {
                         current.checked_sub(1)
                     };
-                    if let Some(e) = closed.filter(|&e| e >= *c.time()) {
+                    let a = align.get().max(1);
+                    let aligned = closed.filter(|&e| e >= *c.time() && e % a == a - 1);
+                    if let Some(e) = aligned {
                         if (finished || last.elapsed() >= interval) && marked != Some(e) {
                             output.session(&c.delayed(&e)).give(e);
                             marked = Some(e);
@@ -104,16 +109,16 @@ pub(crate) fn checkpoint_clock<'s>(
 }
 
 /// Applies one update to a consolidated state.
-fn apply<D: std::hash::Hash + Eq>(state: &mut HashMap<D, isize>, d: D, r: isize) {
+fn apply<D: std::hash::Hash + Eq, R: Semigroup>(state: &mut HashMap<D, R>, d: D, r: R) {
     match state.entry(d) {
         Entry::Occupied(mut o) => {
-            *o.get_mut() += r;
-            if *o.get() == 0 {
+            o.get_mut().plus_equals(&r);
+            if o.get().is_zero() {
                 o.remove();
             }
         }
         Entry::Vacant(v) => {
-            if r != 0 {
+            if !r.is_zero() {
                 v.insert(r);
             }
         }
@@ -122,8 +127,8 @@ fn apply<D: std::hash::Hash + Eq>(state: &mut HashMap<D, isize>, d: D, r: isize)
 
 /// Keeps `collection` consolidated and writes this worker's share of it at every marked
 /// epoch into `<root>/ckpt-<epoch>/<name>.w<worker>.part`.
-pub(crate) fn checkpoint_collection<'s, D>(
-    collection: VecCollection<'s, u64, D>,
+pub(crate) fn checkpoint_collection<'s, D, R>(
+    collection: VecCollection<'s, u64, D, R>,
     marks: StreamVec<'s, u64, u64>,
     name: &str,
     root: PathBuf,
@@ -131,6 +136,7 @@ pub(crate) fn checkpoint_collection<'s, D>(
 ) -> StreamVec<'s, u64, PartDone>
 where
     D: ExchangeData + Hashable + std::hash::Hash,
+    R: ExchangeData + Semigroup,
 {
     let name = name.to_owned();
     let scope = collection.inner.scope();
@@ -140,14 +146,14 @@ where
         .inner
         .binary_frontier::<_, CapacityContainerBuilder<Vec<PartDone>>, _, _, _, _>(
             marks.broadcast(),
-            Exchange::new(|(d, _, _): &(D, u64, isize)| d.hashed().into()),
+            Exchange::new(|(d, _, _): &(D, u64, R)| d.hashed().into()),
             Pipeline,
             &op_name,
             move |cap, info| {
                 let activator = scope.activator_for(info.address);
                 let mut base: Option<Capability<u64>> = Some(cap);
-                let mut state: HashMap<D, isize> = HashMap::new();
-                let mut pending: BTreeMap<u64, Vec<(D, isize)>> = BTreeMap::new();
+                let mut state: HashMap<D, R> = HashMap::new();
+                let mut pending: BTreeMap<u64, Vec<(D, R)>> = BTreeMap::new();
                 let mut marked: BTreeSet<u64> = BTreeSet::new();
                 type Writing = (Capability<u64>, JoinHandle<Result<PartMeta, String>>);
                 let mut writing: Vec<Writing> = Vec::new();
@@ -174,8 +180,8 @@ where
                         let Some(b) = base.as_ref() else { continue };
                         // The worker's only pause: copying its share of the state.
                         let started = Instant::now();
-                        let snapshot: Vec<(D, isize)> =
-                            state.iter().map(|(d, r)| (d.clone(), *r)).collect();
+                        let snapshot: Vec<(D, R)> =
+                            state.iter().map(|(d, r)| (d.clone(), r.clone())).collect();
                         metrics.pause.record(started.elapsed());
                         metrics
                             .records
@@ -233,17 +239,18 @@ where
 /// Gives the restored records of one collection at `epoch`: this worker reads the parts of
 /// the workers `w` with `w % peers == index` (the checkpoint operator's exchange then spreads
 /// them by hash, so any number of workers can restore any checkpoint).
-pub(crate) fn restore_feed<'s, D>(
+pub(crate) fn restore_feed<'s, D, R>(
     scope: Scope<'s, u64>,
     name: &str,
     epoch: u64,
-    records: Vec<(D, isize)>,
-) -> VecCollection<'s, u64, D>
+    records: Vec<(D, R)>,
+) -> VecCollection<'s, u64, D, R>
 where
     D: ExchangeData,
+    R: ExchangeData + Semigroup,
 {
     let op_name = format!("Restore({name})");
-    source::<_, CapacityContainerBuilder<Vec<(D, u64, isize)>>, _, _>(
+    source::<_, CapacityContainerBuilder<Vec<(D, u64, R)>>, _, _>(
         scope,
         &op_name,
         move |cap, info| {
@@ -274,20 +281,20 @@ where
 }
 
 /// Reads the parts of `name` this worker restores (see [`restore_feed`]).
-pub(crate) fn restored_records<D: ExchangeData>(
+pub(crate) fn restored_records<D: ExchangeData, R: ExchangeData>(
     dir: &std::path::Path,
     manifest: &Manifest,
     name: &str,
     index: usize,
     peers: usize,
-) -> Result<Vec<(D, isize)>, store::StoreError> {
+) -> Result<Vec<(D, R)>, store::StoreError> {
     let mut out = Vec::new();
     for part in manifest
         .parts
         .iter()
         .filter(|p| p.collection == name && p.worker % peers == index)
     {
-        out.extend(store::read_part::<D>(dir, part)?);
+        out.extend(store::read_part::<(D, R)>(dir, part)?);
     }
     Ok(out)
 }

@@ -142,13 +142,14 @@ impl<W: Write> Write for Counting<W> {
 /// zstd level of parts: fast, still 3-6x smaller than bincode.
 const ZSTD_LEVEL: i32 = 1;
 
-/// Writes one part (`records` of `collection` held by `worker`) into `dir`: compressed,
+/// Writes one part (`records` of `collection` held by `worker`, each a record and its
+/// difference) into `dir`: compressed,
 /// fsynced, renamed into place.
 pub fn write_part<D: Serialize>(
     dir: &Path,
     collection: &str,
     worker: usize,
-    records: &[(D, isize)],
+    records: &[D],
 ) -> Result<PartMeta, StoreError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let file = format!("{collection}.w{worker}.part");
@@ -221,10 +222,7 @@ fn verify_part(dir: &Path, part: &PartMeta) -> Result<(), StoreError> {
 }
 
 /// Reads one part's records (verified by [`newest`] before).
-pub fn read_part<D: DeserializeOwned>(
-    dir: &Path,
-    part: &PartMeta,
-) -> Result<Vec<(D, isize)>, StoreError> {
+pub fn read_part<D: DeserializeOwned>(dir: &Path, part: &PartMeta) -> Result<Vec<D>, StoreError> {
     let path = dir.join(&part.file);
     let file = std::fs::File::open(&path).map_err(io_error(&path))?;
     let mut decoder = zstd::stream::read::Decoder::new(file).map_err(io_error(&path))?;
