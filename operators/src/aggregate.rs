@@ -50,8 +50,38 @@ where
     I: IntoIterator<Item = (K, R)>,
     F: FnMut(D) -> I + 'static,
 {
-    let contributions = records.explode(explode);
-    pre_aggregate(contributions, name).count()
+    totals(contributions(records, name, explode))
+}
+
+/// The first half of [`sum_by_key`]: each record's contributions as the differences of its
+/// keys, consolidated per worker and epoch. Its contents are the totals (one record per key,
+/// the total in the difference), which makes it the collection to checkpoint.
+pub fn contributions<'s, T, D, K, R, I, F>(
+    records: VecCollection<'s, T, D, isize>,
+    name: &str,
+    explode: F,
+) -> VecCollection<'s, T, K, R>
+where
+    T: Timestamp + Lattice + TotalOrder + Hash,
+    D: Clone + 'static,
+    K: ExchangeData + Hash,
+    R: ExchangeData + Semigroup + Multiply<isize, Output = R>,
+    I: IntoIterator<Item = (K, R)>,
+    F: FnMut(D) -> I + 'static,
+{
+    pre_aggregate(records.explode(explode), name)
+}
+
+/// The second half of [`sum_by_key`]: `(key, total)` rows of [`contributions`].
+pub fn totals<'s, T, K, R>(
+    contributions: VecCollection<'s, T, K, R>,
+) -> VecCollection<'s, T, (K, R), isize>
+where
+    T: Timestamp + Lattice + TotalOrder,
+    K: ExchangeData + Hash,
+    R: ExchangeData + Semigroup,
+{
+    contributions.count()
 }
 
 /// Declares a struct of named `i64` counters that is a differential difference type: it

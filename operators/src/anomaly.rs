@@ -50,6 +50,43 @@
 //! watermark; an event far in the future moves the watermark and closes every window
 //! behind it.
 //!
+//! # Checkpoints
+//! The windowed operators' state is not a function of their input collection (late updates
+//! are ignored, final windows forgotten), so [`windowed_tallies_stateful`] and
+//! [`windowed_distinct_stateful`] expose it as a collection of [`WindowState`] records,
+//! for the engine to checkpoint, and restore from it:
+//!
+//! ```text
+//!  run A:   epochs 0 ..= C ..= t            output_A(t)
+//!  run B1:  epochs 0 ..= C  ──▶ state accumulated at C ──┐ checkpoint
+//!  run B2:  restored (all at C) ◀───────────────────────┘ + epochs C+1 ..= t
+//!           output_A(C) + changes of B2's output in (C, t] == output_A(t)
+//!           restored + changes of B2's state up to t     == state_A(t)
+//! ```
+//!
+//! - **State.** `state`, accumulated up to a completed time `t`, is the operators'
+//!   state after `t` over all workers: each held update `Held(u)` with its count (for
+//!   tallies `(key, (bucket, marked))`, for distinct counts `((key, last bucket of the
+//!   window), value)`: the updates accepted while their windows were open, minus what was
+//!   forgotten once they were all final) and, with a retention, one `Watermark(w)` with
+//!   count 1 once there is a watermark. The changes are emitted at the time they happen:
+//!   the accepted updates themselves, the retraction of what is forgotten and the
+//!   watermark's moves (by worker 0 alone: all workers hold the same watermark), so they
+//!   cost about as much as the input, never a pass over the whole state. The plain
+//!   [`windowed_tallies`] and [`windowed_distinct`] emit no state.
+//! - **Restore.** `restored` holds the records of an earlier run's accumulated `state`,
+//!   all at one time `C` (the restored epoch), possibly written by another number of
+//!   workers: held records go to the worker owning their key, the watermark to every
+//!   worker. They are installed silently when `C` completes: no output (the caller restores
+//!   the output separately, e.g. as a checkpointed collection), nothing counted as late,
+//!   no horizon applied. `events` must then hold only updates after `C`.
+//! - **The caller adds `restored` to `state`.** The operator does not emit the restored
+//!   records again: `state` carries only the changes since, and the state to checkpoint is
+//!   `restored.concat(state)` (what a job hands the engine to checkpoint).
+//! - **Non-guarantees.** A restore must use the windows, `min_events` and retention of the
+//!   run that wrote the state; a different one is not detected and gives outputs that
+//!   match no uninterrupted run. Changes of `state` at a time need not be consolidated.
+//!
 //! # Guarantees and non-guarantees
 //! Outputs are exact and deterministic (integer arithmetic; multipliers have a resolution
 //! of 0.001) and independent of the number of workers. `windowed_tallies` holds, per key,
@@ -70,7 +107,10 @@ use timely::progress::Timestamp;
 
 mod windowed;
 
-pub use windowed::{windowed_distinct, windowed_tallies, LateCallback, Retention, Tally};
+pub use windowed::{
+    windowed_distinct, windowed_distinct_stateful, windowed_tallies, windowed_tallies_stateful,
+    DistinctState, LateCallback, Retention, Stateful, Tally, TallyState, WindowState,
+};
 
 /// An event-time window: `[start, end)` in UTC milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

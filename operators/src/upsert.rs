@@ -56,6 +56,9 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::timed::{fast_map, Stash};
 
+/// An upsert with its difference: `((key, sequence, value or tombstone), diff)`.
+type Upsert<K, S, V> = ((K, S, Option<V>), isize);
+
 /// The collection of each key's latest value in the upsert log `log` (see the module docs).
 pub fn latest_by_key<'s, K, S, V>(
     log: VecCollection<'s, u64, (K, S, Option<V>), isize>,
@@ -65,7 +68,7 @@ where
     S: ExchangeData,
     V: ExchangeData,
 {
-    let mut stash: Stash<u64, ((K, S, Option<V>), isize)> = Stash::new();
+    let mut stash: Stash<u64, Upsert<K, S, V>> = Stash::new();
     // Routed as arrange_from_upsert routes (by `hashed()`), so its exchange stays local.
     let latest = log
         .inner

@@ -17,7 +17,9 @@
 //! - `centroids`: per cluster of the current model, its coordinates (micro-units) and the
 //!   number of keys currently assigned to it (which may drift from the fit, even to 0,
 //!   until the next refit);
-//! - `models`: the current [`Model`] (standardization + centroids), on worker 0.
+//! - `models`: the current [`Model`] (standardization + centroids), on worker 0;
+//! - with [`kmeans_segments_with_state`], also `state`: the fit operator's [`FitState`]
+//!   (model and refit schedule), to checkpoint and restore it (see [Restore](#restore)).
 //!
 //! ```text
 //!  traits (key, [u64; D]) ──exchange to worker 0──▶ [KMeansFit]  every key's traits (BTreeMap),
@@ -74,6 +76,40 @@
 //! - The k-means optimum is not guaranteed (no one can promise it); the tests hold the SSE
 //!   within 5% of scikit-learn's `KMeans(init="k-means++", n_init=10)`.
 //!
+//! # Restore
+//!
+//! The refit schedule and the model are not a function of the traits' contents (they
+//! depend on where epochs fell), so a checkpointed job cannot recompute them on restore.
+//! [`kmeans_segments_with_state`] publishes them as a collection and takes them back:
+//!
+//! ```text
+//!  restored (FitState at C, any worker) ──exchange to worker 0──▶ [KMeansFit] ──▶ state: (old, -1), (new, +1)
+//!  caller: checkpoint(state.concat(restored))       (the operator does not re-emit `restored`)
+//! ```
+//!
+//! - [`FitState`] is everything the fit operator holds besides the keys' traits: the model
+//!   (or none yet), its version, the changes since the last fit, the keys at the last fit
+//!   and the drift baseline (`f64` bits). The keys' squared distances and their sum are
+//!   recomputed from the traits and the model, exactly (integer micro-units).
+//! - `state` on its own accumulates, after every completed time with input, to exactly one
+//!   record, the state after that time, unless a state was restored: from the restored time
+//!   on, `state` goes from the restored record (`(restored, -1), (next, +1)`) without
+//!   repeating it, so `state.concat(restored)` accumulates to the one current state. This
+//!   is the shape the engine's `Dataflow::restored` / `Dataflow::checkpoint` expect.
+//! - At the restored time `C` the fit operator applies `C`'s traits changes (on a restore,
+//!   the whole traits collection as of `C`) to its per-key traits *without* counting them
+//!   as changes, installs the restored state, decides no refit at `C`, and emits the
+//!   restored model at `C`; the assigners then assign every key at `C`.
+//!
+//! Guarantee (tested on 1 and 3 workers, restored on another worker count than the one
+//! that checkpointed): if run A sees traits changes over epochs `0..N`, and run B is given
+//! `restored` = A's state accumulated at `C` (at `C`) and traits = A's traits accumulated
+//! at `C` (at `C`) followed by A's changes of the epochs after `C`, then at every time
+//! `t >= C` (and after the input ends) B's assignments, centroids, models and state
+//! accumulate to A's. Non-guarantee: B's outputs at `C` are whole collections (insertions
+//! at `C`), not A's changes at `C`; only the accumulations agree. A restored input with
+//! more than one live record at a time is malformed: its greatest positive record wins.
+//!
 //! Costs and state:
 //! - Worker 0 holds every key's traits (`O(keys)`, ~`D x 8 + 40` bytes a key) and receives
 //!   every traits change (`O(changes)` traffic). A fit takes
@@ -82,14 +118,18 @@
 //! - Each worker holds its keys' traits and rows (`O(keys / workers)`); a new model
 //!   re-assigns every key (`O(keys x k x D)` work, `O(keys)` output changes).
 //! - The model is broadcast to every worker (`O(k x D)` a fit).
+//! - `state` changes at every time with a counted change (`changes` moves): two records of
+//!   `O(k x D)` each (the model rides in the state); a restore re-measures every key on
+//!   worker 0 once (`O(keys x k x D)`).
 
 pub mod algorithm;
 pub mod segments;
 
 pub use algorithm::{fit, KMeansFit, KMeansParams, SplitMix64, Standardizer};
 pub use segments::{
-    fit_model, kmeans_segments, raw_features, segments_batch, to_micros, Assignment,
-    ClusterCentroid, Model, SegmentConfig, Segments,
+    fit_model, kmeans_segments, kmeans_segments_with_state, raw_features, segments_batch,
+    to_micros, Assignment, ClusterCentroid, FitState, Model, SegmentConfig, Segments,
+    StatefulSegments,
 };
 
 #[cfg(test)]

@@ -10,9 +10,12 @@ use differential_dataflow::{AsCollection, ExchangeData, Hashable, VecCollection}
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, InputCapability};
+use timely::dataflow::StreamVec;
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
@@ -214,6 +217,70 @@ pub struct Segments<'s, T: Timestamp, K: 'static> {
     pub models: VecCollection<'s, T, Model>,
 }
 
+/// The outputs of [`kmeans_segments_with_state`]: the segments and the fit operator's state.
+pub struct StatefulSegments<'s, T: Timestamp, K: 'static> {
+    /// Assignments, centroids and models, as [`kmeans_segments`] outputs them.
+    pub segments: Segments<'s, T, K>,
+    /// The changes of the fit operator's [`FitState`], on worker 0: after every completed
+    /// time with input, the accumulation of `state` *concatenated with the `restored` input*
+    /// is exactly one record, the state after that time. The operator does not re-emit the
+    /// restored record (it goes from it with `(restored, -1), (next, +1)`), so a caller
+    /// checkpoints `state.concat(restored)`, as the engine's `Dataflow::restored` /
+    /// `Dataflow::checkpoint` pair expects. Without a restore, `state` alone accumulates
+    /// to the state.
+    pub state: VecCollection<'s, T, FitState>,
+}
+
+/// The fit operator's schedule state: everything it holds besides the keys' traits, which
+/// decides the current model and every future refit (the model, its version, the changes
+/// since the last fit, the keys at the last fit, the drift baseline).
+///
+/// Together with the traits it is the whole of the operator's state: the keys' squared
+/// distances and their sum (the drift measure) are recomputed from the traits and the
+/// model, exactly (integer micro-units, summed as integers). It is a record to checkpoint,
+/// not to build by hand: its fields are read-only. The drift baseline is kept as the bits
+/// of its `f64`, so the record is `Eq`, `Ord` and `Hash` and round-trips exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FitState {
+    model: Option<Model>,
+    /// Fits so far that produced or retracted a model (the next model's version is one more).
+    version: u64,
+    /// Keys whose traits changed (per completed time) since the last fit.
+    changes: u64,
+    /// Keys at the last fit.
+    fit_users: u64,
+    /// Mean squared distance at the last fit, micro-units, as `f64` bits.
+    fit_mean_sq_bits: u64,
+}
+
+impl FitState {
+    /// The current model, if any.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
+    }
+
+    /// Fits so far that produced or retracted a model.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Keys whose traits changed since the last fit.
+    pub fn changes_since_fit(&self) -> u64 {
+        self.changes
+    }
+
+    /// Keys at the last fit.
+    pub fn keys_at_fit(&self) -> u64 {
+        self.fit_users
+    }
+
+    /// The drift baseline: the mean squared distance of the keys to their centroids at the
+    /// last fit, micro-units.
+    pub fn fit_mean_squared_micros(&self) -> f64 {
+        f64::from_bits(self.fit_mean_sq_bits)
+    }
+}
+
 /// `round(x x 10^6)` as an integer (saturating; NaN is 0).
 pub fn to_micros(x: f64) -> i64 {
     (x * 1e6).round() as i64
@@ -286,7 +353,8 @@ pub fn segments_batch<K: Ord + Clone, const D: usize>(
 /// The k-means segmentation of `traits` (see the [module docs](super)).
 ///
 /// `traits` holds `(key, traits)`; a key's traits are its greatest record with positive
-/// multiplicity (a well-formed input has one record per key).
+/// multiplicity (a well-formed input has one record per key). This is
+/// [`kmeans_segments_with_state`] with nothing to restore and the state dropped.
 pub fn kmeans_segments<'s, T, K, const D: usize>(
     traits: VecCollection<'s, T, (K, [u64; D])>,
     config: SegmentConfig,
@@ -296,7 +364,37 @@ where
     K: ExchangeData + Hash,
     [u64; D]: ExchangeData + Hash,
 {
-    let models = fit_models(traits.clone(), config);
+    kmeans_segments_with_state(traits, None, config).segments
+}
+
+/// [`kmeans_segments`] that publishes the fit operator's [`FitState`] and can be restored
+/// from it (see [Restore](super#restore)).
+///
+/// `restored`: the state to restore, at most one record, at the restored time `C` (on any
+/// worker). At `C` the fit operator takes that time's traits changes (on a restore, the
+/// whole traits collection as of `C`) into its per-key traits without counting them as
+/// changes, installs the restored state instead, decides no refit, and emits the restored
+/// model at `C` (retracting the model it had, if any). A restored collection with more
+/// than one live record at a time is malformed; the greatest record with positive
+/// multiplicity is installed (as for traits).
+///
+/// The returned `state` does not repeat the restored record: checkpoint
+/// `state.concat(restored)` (see [`StatefulSegments::state`]).
+pub fn kmeans_segments_with_state<'s, T, K, const D: usize>(
+    traits: VecCollection<'s, T, (K, [u64; D])>,
+    restored: Option<VecCollection<'s, T, FitState>>,
+    config: SegmentConfig,
+) -> StatefulSegments<'s, T, K>
+where
+    T: Timestamp + Lattice + TotalOrder + Hash,
+    K: ExchangeData + Hash,
+    [u64; D]: ExchangeData + Hash,
+{
+    let restored = match restored {
+        Some(r) => r.inner,
+        None => empty(traits.scope()),
+    };
+    let (models, state) = fit_models(traits.clone(), restored, config);
     let assignments = assign(traits, models.clone());
     let sizes = pre_aggregate(
         assignments.clone().map(|(_k, a)| a.cluster),
@@ -339,10 +437,13 @@ where
             }
         })
         .map(|(_c, row)| row);
-    Segments {
-        assignments,
-        centroids,
-        models,
+    StatefulSegments {
+        segments: Segments {
+            assignments,
+            centroids,
+            models,
+        },
+        state,
     }
 }
 
@@ -427,15 +528,10 @@ struct Fitter<K, const D: usize> {
     config: SegmentConfig,
     /// Per key: its traits and its squared distance (micro-units) under the current model.
     users: BTreeMap<K, (TraitBag<D>, u64)>,
-    model: Option<Model>,
-    version: u64,
-    /// Sum of the keys' squared distances, micro-units.
+    /// The model and the refit schedule.
+    state: FitState,
+    /// Sum of the keys' squared distances, micro-units (a function of `users` and the model).
     sse_micros: u128,
-    /// Mean squared distance at the last fit, micro-units.
-    fit_mean_sq: f64,
-    fit_users: u64,
-    /// Keys whose traits changed (per completed time) since the last fit.
-    changes: u64,
 }
 
 impl<K: Ord + Clone, const D: usize> Fitter<K, D> {
@@ -443,12 +539,8 @@ impl<K: Ord + Clone, const D: usize> Fitter<K, D> {
         Fitter {
             config,
             users: BTreeMap::new(),
-            model: None,
-            version: 0,
+            state: FitState::default(),
             sse_micros: 0,
-            fit_mean_sq: 0.0,
-            fit_users: 0,
-            changes: 0,
         }
     }
 
@@ -475,9 +567,9 @@ impl<K: Ord + Clone, const D: usize> Fitter<K, D> {
             };
             let new = entry.0.effective().copied();
             if new != old {
-                self.changes += 1;
+                self.state.changes += 1;
                 self.sse_micros -= u128::from(entry.1);
-                entry.1 = Self::squared_micros(&self.model, new.as_ref());
+                entry.1 = Self::squared_micros(&self.state.model, new.as_ref());
                 self.sse_micros += u128::from(entry.1);
             }
             if entry.0.is_empty() {
@@ -486,121 +578,226 @@ impl<K: Ord + Clone, const D: usize> Fitter<K, D> {
         }
     }
 
+    /// Applies one completed time's updates without counting them, and installs `state`
+    /// instead of deciding anything: a restore. Returns the model change.
+    fn restore(&mut self, updates: Vec<(K, [u64; D], isize)>, state: FitState) -> ModelChange {
+        for (key, value, diff) in updates {
+            self.users.entry(key).or_default().0.update(value, diff);
+        }
+        self.users.retain(|_, (bag, _)| !bag.is_empty());
+        let old = std::mem::replace(&mut self.state, state);
+        self.measure();
+        model_change(old.model, &self.state.model)
+    }
+
+    /// Recomputes every key's squared distance under the current model, and their sum.
+    fn measure(&mut self) {
+        self.sse_micros = 0;
+        for (bag, sq) in self.users.values_mut() {
+            *sq = Self::squared_micros(&self.state.model, bag.effective());
+            self.sse_micros += u128::from(*sq);
+        }
+    }
+
     /// Whether the schedule asks for a refit now.
     fn due(&self) -> bool {
+        let s = &self.state;
         let n = self.users.len() as u64;
         if n == 0 {
-            return self.model.is_some() && self.changes > 0;
+            return s.model.is_some() && s.changes > 0;
         }
-        if self.model.is_none() {
+        if s.model.is_none() {
             return n >= self.config.min_users as u64;
         }
         let c = &self.config;
-        let fit_users = self.fit_users as f64;
+        let fit_users = s.fit_users as f64;
         if c.refit_change_ratio > 0.0
-            && self.changes as f64 >= (c.refit_change_ratio * fit_users).ceil().max(1.0)
+            && s.changes as f64 >= (c.refit_change_ratio * fit_users).ceil().max(1.0)
         {
             return true;
         }
         if c.drift_factor > 0.0
-            && self.changes > 0
-            && self.changes as f64 >= (c.drift_min_change_ratio * fit_users).ceil()
+            && s.changes > 0
+            && s.changes as f64 >= (c.drift_min_change_ratio * fit_users).ceil()
         {
             let mean_sq = self.sse_micros as f64 / n as f64;
-            return mean_sq > c.drift_factor * self.fit_mean_sq;
+            return mean_sq > c.drift_factor * s.fit_mean_squared_micros();
         }
         false
     }
 
-    /// Refits; returns the previous model when the model changed.
-    fn refit(&mut self) -> Option<Option<Model>> {
+    /// Whether the end of the input asks for a (last) refit.
+    fn due_at_end(&self) -> bool {
+        self.state.changes > 0 || (self.state.model.is_none() && !self.users.is_empty())
+    }
+
+    /// Refits; the model change (none when there was and is no model).
+    fn refit(&mut self) -> ModelChange {
         let model = fit_model(
             self.users.values().filter_map(|(bag, _)| bag.effective()),
-            self.version + 1,
+            self.state.version + 1,
             &self.config,
         );
-        self.changes = 0;
-        if model.is_none() && self.model.is_none() {
-            return None;
+        self.state.changes = 0;
+        if model.is_none() && self.state.model.is_none() {
+            return Vec::new();
         }
-        self.version += 1;
-        self.sse_micros = 0;
-        for (bag, sq) in self.users.values_mut() {
-            *sq = Self::squared_micros(&model, bag.effective());
-            self.sse_micros += u128::from(*sq);
-        }
-        self.fit_users = self.users.len() as u64;
-        self.fit_mean_sq = self.sse_micros as f64 / self.fit_users.max(1) as f64;
-        Some(std::mem::replace(&mut self.model, model))
+        self.state.version += 1;
+        let old = std::mem::replace(&mut self.state.model, model);
+        self.measure();
+        self.state.fit_users = self.users.len() as u64;
+        let mean_sq = self.sse_micros as f64 / self.state.fit_users.max(1) as f64;
+        self.state.fit_mean_sq_bits = mean_sq.to_bits();
+        model_change(old, &self.state.model)
     }
 }
 
-/// The model collection: every key's traits gathered on worker 0, refit on schedule and at
-/// the end of the input.
+/// A model change as differential updates (the old model out, the new one in).
+type ModelChange = Vec<(Model, isize)>;
+
+fn model_change(old: Option<Model>, new: &Option<Model>) -> ModelChange {
+    if old == *new {
+        return Vec::new();
+    }
+    let mut changes = Vec::new();
+    if let Some(old) = old {
+        changes.push((old, -1));
+    }
+    if let Some(new) = new {
+        changes.push((new.clone(), 1));
+    }
+    changes
+}
+
+/// What the fit operator emits, split into its two outputs.
+#[derive(Clone)]
+enum Fitted {
+    Model(Model),
+    State(FitState),
+}
+
+/// The record with the greatest positive accumulated multiplicity among `updates`.
+fn live_state(updates: Vec<(FitState, isize)>) -> Option<FitState> {
+    let mut acc: BTreeMap<FitState, isize> = BTreeMap::new();
+    for (s, r) in updates {
+        *acc.entry(s).or_default() += r;
+    }
+    acc.into_iter()
+        .filter(|(_, r)| *r > 0)
+        .map(|(s, _)| s)
+        .next_back()
+}
+
+/// The model collection and the fit state's changes: every key's traits gathered on
+/// worker 0, refit on schedule and at the end of the input, or restored from `restored`.
 fn fit_models<'s, T, K, const D: usize>(
     traits: VecCollection<'s, T, (K, [u64; D])>,
+    restored: StreamVec<'s, T, (FitState, T, isize)>,
     config: SegmentConfig,
-) -> VecCollection<'s, T, Model>
+) -> (VecCollection<'s, T, Model>, VecCollection<'s, T, FitState>)
 where
     T: Timestamp + Lattice + TotalOrder,
     K: ExchangeData + Hash,
     [u64; D]: ExchangeData + Hash,
 {
+    type Restores<T> = BTreeMap<T, (Capability<T>, Vec<(FitState, isize)>)>;
     let mut fitter: Fitter<K, D> = Fitter::new(config);
     let mut pending: Pending<T, K, D> = BTreeMap::new();
-    traits
+    let mut pending_restores: Restores<T> = BTreeMap::new();
+    // The state as the `state` output accumulates it (with the restored record).
+    let mut published: Option<FitState> = None;
+    let fitted = traits
         .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<(Model, T, isize)>>, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<(Fitted, T, isize)>>, _, _, _, _>(
+            restored,
             Exchange::new(|_: &((K, [u64; D]), T, isize)| 0u64),
+            Exchange::new(|_: &(FitState, T, isize)| 0u64),
             "KMeansFit",
             move |cap, _info| {
-                // Held at the input frontier, so the end-of-input refit has a time to go out at.
+                // Held at the inputs' frontier, so the end-of-input refit has a time to go
+                // out at.
                 let mut held = Some(cap);
                 let mut last: Option<T> = None;
-                move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
+                move |(input1, frontier1), (input2, frontier2), output| {
+                    input1.for_each(|cap, data| {
                         buffer(
                             &mut pending,
                             &cap,
                             data.drain(..).map(|((k, v), t, r)| ((k, v, r), t)),
                         );
                     });
-                    while let Some(t) = pending.keys().next().cloned() {
-                        if frontier.less_equal(&t) {
-                            break;
-                        }
-                        let Some((cap, updates)) = pending.remove(&t) else {
-                            break;
+                    input2.for_each(|cap, data| {
+                        buffer(
+                            &mut pending_restores,
+                            &cap,
+                            data.drain(..).map(|(s, t, r)| ((s, r), t)),
+                        );
+                    });
+                    loop {
+                        let next = match (pending.keys().next(), pending_restores.keys().next()) {
+                            (Some(a), Some(b)) => a.min(b).clone(),
+                            (Some(a), None) => a.clone(),
+                            (None, Some(b)) => b.clone(),
+                            (None, None) => break,
                         };
-                        fitter.apply(updates);
-                        if fitter.due() {
-                            let mut session = output.session(&cap);
-                            for (m, r) in refit_changes(&mut fitter) {
-                                session.give((m, t.clone(), r));
-                            }
+                        if frontier1.less_equal(&next) || frontier2.less_equal(&next) {
+                            break;
                         }
-                        last = Some(t);
+                        let (cap_a, updates) = pending.remove(&next).unzip();
+                        let (cap_b, restores) = pending_restores.remove(&next).unzip();
+                        let Some(cap) = cap_a.or(cap_b) else { break };
+                        let updates = updates.unwrap_or_default();
+                        let mut session = output.session(&cap);
+                        let models = match restores.and_then(live_state) {
+                            Some(state) => {
+                                // The caller holds the restored record in its state already.
+                                published = Some(state.clone());
+                                fitter.restore(updates, state)
+                            }
+                            None => {
+                                fitter.apply(updates);
+                                if fitter.due() {
+                                    fitter.refit()
+                                } else {
+                                    Vec::new()
+                                }
+                            }
+                        };
+                        for (m, r) in models {
+                            session.give((Fitted::Model(m), next.clone(), r));
+                        }
+                        for (s, r) in state_change(&mut published, &fitter.state) {
+                            session.give((Fitted::State(s), next.clone(), r));
+                        }
+                        last = Some(next);
                     }
-                    match frontier.frontier().iter().next() {
+                    let least = frontier1
+                        .frontier()
+                        .iter()
+                        .chain(frontier2.frontier().iter())
+                        .min()
+                        .cloned();
+                    match least {
                         Some(f) => {
                             if let Some(h) = held.as_mut() {
-                                h.downgrade(f);
+                                h.downgrade(&f);
                             }
                         }
                         None => {
                             // End of input: the final model is a function of the final traits.
                             if let Some(h) = held.take() {
-                                let needs = fitter.changes > 0
-                                    || (fitter.model.is_none() && !fitter.users.is_empty());
-                                if needs {
+                                if fitter.due_at_end() {
                                     let t = match &last {
                                         Some(l) if h.time().less_than(l) => l.clone(),
                                         _ => h.time().clone(),
                                     };
                                     let cap = h.delayed(&t);
                                     let mut session = output.session(&cap);
-                                    for (m, r) in refit_changes(&mut fitter) {
-                                        session.give((m, t.clone(), r));
+                                    for (m, r) in fitter.refit() {
+                                        session.give((Fitted::Model(m), t.clone(), r));
+                                    }
+                                    for (s, r) in state_change(&mut published, &fitter.state) {
+                                        session.give((Fitted::State(s), t.clone(), r));
                                     }
                                 }
                             }
@@ -608,21 +805,28 @@ where
                     }
                 }
             },
-        )
-        .as_collection()
+        );
+    // `ok_err` routes by `Result`: `Err` is the second output here, not an error, and the
+    // record moves into its output container either way, so its size costs nothing.
+    #[allow(clippy::result_large_err)]
+    let (models, state): (StreamVec<'s, T, _>, StreamVec<'s, T, _>) =
+        fitted.ok_err(|(f, t, r)| match f {
+            Fitted::Model(m) => Ok((m, t, r)),
+            Fitted::State(s) => Err((s, t, r)),
+        });
+    (models.as_collection(), state.as_collection())
 }
 
-/// Refits; the model change as differential updates (the old model out, the new one in).
-fn refit_changes<K: Ord + Clone, const D: usize>(fitter: &mut Fitter<K, D>) -> Vec<(Model, isize)> {
-    let mut changes = Vec::new();
-    if let Some(old) = fitter.refit() {
-        if let Some(old) = old {
-            changes.push((old, -1));
-        }
-        if let Some(new) = &fitter.model {
-            changes.push((new.clone(), 1));
-        }
+/// The state's change since `published` (which it then becomes): `(old, -1), (new, +1)`.
+fn state_change(published: &mut Option<FitState>, now: &FitState) -> Vec<(FitState, isize)> {
+    if published.as_ref() == Some(now) {
+        return Vec::new();
     }
+    let mut changes = Vec::new();
+    if let Some(old) = published.replace(now.clone()) {
+        changes.push((old, -1));
+    }
+    changes.push((now.clone(), 1));
     changes
 }
 

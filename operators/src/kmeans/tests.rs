@@ -1,5 +1,7 @@
 //! Oracle tests of [`kmeans_segments`] on 1 and 3 workers: consistent at every epoch,
-//! identical across worker counts, and equal to the batch computation after the input ends.
+//! identical across worker counts, and equal to the batch computation after the input ends;
+//! and of [`kmeans_segments_with_state`]: a run restored from its state at an epoch goes on
+//! exactly as the run that never stopped.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,6 +20,7 @@ enum Out {
     Row(u32, Assignment),
     Centroid(ClusterCentroid),
     Model(Model),
+    State(FitState),
 }
 
 fn config() -> SegmentConfig {
@@ -94,6 +97,7 @@ fn effective(acc: &BTreeMap<(u32, Traits), isize>) -> BTreeMap<u32, Traits> {
 fn check_consistent(
     acc: &BTreeMap<Out, isize>,
     traits: &BTreeMap<u32, Traits>,
+    min_users: usize,
     what: &str,
 ) -> Option<Model> {
     assert!(
@@ -130,7 +134,7 @@ fn check_consistent(
             "{what}: rows without a model"
         );
         assert!(
-            traits.len() < config().min_users,
+            traits.len() < min_users,
             "{what}: no model with {} users",
             traits.len()
         );
@@ -178,7 +182,8 @@ fn check_stream(updates: Vec<((u32, Traits), u64, isize)>, epochs: u64, what: &s
             for epoch in 0..=max_epoch {
                 let traits = effective(&accumulate_at(&stamped, epoch));
                 let acc = accumulate_at(&out, epoch);
-                let m = check_consistent(&acc, &traits, &format!("{what} w{workers} e{epoch}"));
+                let what = format!("{what} w{workers} e{epoch}");
+                let m = check_consistent(&acc, &traits, config().min_users, &what);
                 models = models.max(m.map(|m| m.version).unwrap_or(0));
             }
             assert!(models >= 1, "{what}: never fitted");
@@ -195,7 +200,8 @@ fn check_stream(updates: Vec<((u32, Traits), u64, isize)>, epochs: u64, what: &s
         // After the end: the batch computation over the final traits.
         let traits = effective(&accumulate_at(&stamped, u64::MAX));
         let acc = accumulate_at(&per_workers[1], u64::MAX);
-        let model = check_consistent(&acc, &traits, &format!("{what} final")).unwrap();
+        let model =
+            check_consistent(&acc, &traits, config().min_users, &format!("{what} final")).unwrap();
         let (batch, rows) = segments_batch(&traits, &config());
         let batch = Model {
             version: model.version,
@@ -293,7 +299,7 @@ fn fewer_users_than_min_users_get_a_model_only_at_the_end() {
     }
     let acc = accumulate_at(&out, u64::MAX);
     let traits = effective(&accumulate_at(&updates, u64::MAX));
-    let m = check_consistent(&acc, &traits, "end").unwrap();
+    let m = check_consistent(&acc, &traits, config().min_users, "end").unwrap();
     assert_eq!(m.k(), 3);
     // The end-of-input model goes out at the last time seen (the input's final frontier).
     assert!(out.iter().all(|(_, t, _)| *t == 4), "{out:?}");
@@ -312,5 +318,207 @@ fn all_users_leaving_retracts_the_model() {
         accumulate_at(&out, u64::MAX).is_empty(),
         "{:?}",
         accumulate_at(&out, u64::MAX)
+    );
+}
+
+// ---- Restore: a run restored from its state at epoch C goes on as the uninterrupted run.
+
+/// The restore tests' input: traits changes, and the state to restore.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum In {
+    Traits(u32, Traits),
+    State(FitState),
+}
+
+/// A smaller-than-usual population threshold reached only after the first epochs, so a
+/// restore can fall before the first fit as well as after several refits.
+fn restore_config() -> SegmentConfig {
+    SegmentConfig {
+        min_users: 15,
+        ..config()
+    }
+}
+
+/// The four outputs of [`kmeans_segments_with_state`]; `state` includes the restored
+/// records, as a caller checkpoints it.
+fn build_stateful<'s>(
+    input: crate::VecCollection<'s, u64, In>,
+    restore: bool,
+) -> crate::VecCollection<'s, u64, Out> {
+    let traits = input.clone().flat_map(|i| match i {
+        In::Traits(k, t) => Some((k, t)),
+        In::State(_) => None,
+    });
+    let restored = restore.then(|| {
+        input.flat_map(|i| match i {
+            In::State(s) => Some(s),
+            In::Traits(..) => None,
+        })
+    });
+    let s = kmeans_segments_with_state(traits, restored.clone(), restore_config());
+    let state = match restored {
+        Some(r) => s.state.concat(r),
+        None => s.state,
+    };
+    s.segments
+        .assignments
+        .map(|(k, a)| Out::Row(k, a))
+        .concat(s.segments.centroids.map(Out::Centroid))
+        .concat(s.segments.models.map(Out::Model))
+        .concat(state.map(Out::State))
+}
+
+fn build_fresh(input: crate::VecCollection<'_, u64, In>) -> crate::VecCollection<'_, u64, Out> {
+    build_stateful(input, false)
+}
+
+fn build_restoring(input: crate::VecCollection<'_, u64, In>) -> crate::VecCollection<'_, u64, Out> {
+    build_stateful(input, true)
+}
+
+/// [`kmeans_segments`] (the stateless wrapper) with the restore tests' configuration.
+fn build_plain(
+    c: crate::VecCollection<'_, u64, (u32, Traits)>,
+) -> crate::VecCollection<'_, u64, Out> {
+    let s = kmeans_segments(c, restore_config());
+    s.assignments
+        .map(|(k, a)| Out::Row(k, a))
+        .concat(s.centroids.map(Out::Centroid))
+        .concat(s.models.map(Out::Model))
+}
+
+fn as_input(updates: &[((u32, Traits), u64, isize)]) -> Vec<(In, u64, isize)> {
+    updates
+        .iter()
+        .map(|((k, t), e, r)| (In::Traits(*k, *t), *e, *r))
+        .collect()
+}
+
+/// The one live state record at `epoch`, checked to be exactly one with multiplicity 1.
+fn state_at(out: &[(Out, u64, isize)], epoch: u64, what: &str) -> FitState {
+    let states: Vec<(FitState, isize)> = accumulate_at(out, epoch)
+        .into_iter()
+        .filter_map(|(o, r)| match o {
+            Out::State(s) => Some((s, r)),
+            _ => None,
+        })
+        .collect();
+    match states.as_slice() {
+        [(s, 1)] => s.clone(),
+        _ => panic!("{what}: state at epoch {epoch} is not one record: {states:?}"),
+    }
+}
+
+/// The assignments, centroids and models; and the state.
+fn split_states(acc: BTreeMap<Out, isize>) -> (BTreeMap<Out, isize>, BTreeMap<Out, isize>) {
+    acc.into_iter()
+        .partition(|(o, _)| !matches!(o, Out::State(_)))
+}
+
+/// Runs A (uninterrupted) once, then for every restored epoch C: B1 over the epochs up to C,
+/// B2 restored from B1's state at C; B2 must accumulate to A at every epoch from C on.
+/// Returns, per C, the version of the model restored (0: none yet).
+fn check_restores(updates: Vec<((u32, Traits), u64, isize)>, what: &str) -> Vec<u64> {
+    let last = updates.iter().map(|u| u.1).max().unwrap_or(0);
+    let end = last + 1; // the end-of-input refit goes out at the input's final frontier
+    let a = run_on_workers(1, as_input(&updates), build_fresh);
+    let a3 = run_on_workers(3, as_input(&updates), build_fresh);
+    let plain = run_on_workers(1, updates.clone(), build_plain);
+    for epoch in (0..=end).chain([u64::MAX]) {
+        let acc = accumulate_at(&a, epoch);
+        assert_eq!(
+            accumulate_at(&a3, epoch),
+            acc,
+            "{what}: A on 1 vs 3 workers, e{epoch}"
+        );
+        assert_eq!(
+            accumulate_at(&plain, epoch),
+            split_states(acc).0,
+            "{what}: kmeans_segments differs from kmeans_segments_with_state at e{epoch}"
+        );
+    }
+    // A itself: consistent at every epoch, one state record whose model is the live model.
+    for epoch in 0..=end {
+        let traits = effective(&accumulate_at(&updates, epoch));
+        let acc: BTreeMap<Out, isize> = accumulate_at(&a, epoch)
+            .into_iter()
+            .filter(|(o, _)| !matches!(o, Out::State(_)))
+            .collect();
+        let w = format!("{what} A e{epoch}");
+        let model = check_consistent(&acc, &traits, restore_config().min_users, &w);
+        assert_eq!(state_at(&a, epoch, &w).model(), model.as_ref(), "{w}");
+    }
+    assert!(
+        state_at(&a, end, what).version() >= 4,
+        "{what}: too few refits to test restores: {:?}",
+        state_at(&a, end, what)
+    );
+    let worker_pairs = [(1, 1), (3, 3), (1, 3), (3, 1)];
+    let mut restored_versions = Vec::new();
+    for c in 0..last {
+        let (w1, w2) = worker_pairs[c as usize % worker_pairs.len()];
+        let w = format!("{what} C={c} B1 w{w1} B2 w{w2}");
+        let before: Vec<_> = updates.iter().filter(|u| u.1 <= c).cloned().collect();
+        let b1 = run_on_workers(w1, as_input(&before), build_fresh);
+        assert_eq!(
+            accumulate_at(&b1, c),
+            accumulate_at(&a, c),
+            "{w}: B1 differs from A at C"
+        );
+        let state = state_at(&b1, c, &w);
+        restored_versions.push(state.version());
+        // B2's input: the state second (fed by worker 1 of 3, so it must travel to worker 0),
+        // the traits as of C, then A's changes after C.
+        let mut input: Vec<(In, u64, isize)> = accumulate_at(&updates, c)
+            .into_iter()
+            .map(|((k, t), r)| (In::Traits(k, t), c, r))
+            .collect();
+        input.insert(input.len().min(1), (In::State(state), c, 1));
+        input.extend(as_input(&updates).into_iter().filter(|u| u.1 > c));
+        let b2 = run_on_workers(w2, input, build_restoring);
+        // The segments at every epoch first (the guarantee), then the state (what a next
+        // restore needs).
+        let epochs = || (c..=end).chain([u64::MAX]);
+        for epoch in epochs() {
+            assert_eq!(
+                split_states(accumulate_at(&b2, epoch)).0,
+                split_states(accumulate_at(&a, epoch)).0,
+                "{w}: the restored run's segments differ from A's at epoch {epoch}"
+            );
+        }
+        for epoch in epochs() {
+            assert_eq!(
+                split_states(accumulate_at(&b2, epoch)).1,
+                split_states(accumulate_at(&a, epoch)).1,
+                "{w}: the restored run's state differs from A's at epoch {epoch}"
+            );
+        }
+    }
+    restored_versions
+}
+
+#[test]
+fn a_restored_run_goes_on_as_the_uninterrupted_one() {
+    // Every epoch is a restore point: before the first fit, at fits, after several refits.
+    let mut rng = Rng::new(20);
+    let updates = traits_stream(&mut rng, 300, 30);
+    let versions = check_restores(updates, "well-formed");
+    assert!(versions.contains(&0), "no restore before the first fit");
+    assert!(
+        versions.iter().any(|v| *v >= 3),
+        "no restore after several refits: {versions:?}"
+    );
+}
+
+#[test]
+fn a_restored_run_with_several_records_per_user_goes_on_as_the_uninterrupted_one() {
+    let mut rng = Rng::new(30);
+    let updates = random_updates(&mut rng, 300, 30, |r| {
+        (r.below(25) as u32, random_traits(r))
+    });
+    let versions = check_restores(updates, "duplicates");
+    assert!(
+        versions.contains(&0) && versions.iter().any(|v| *v >= 3),
+        "{versions:?}"
     );
 }
