@@ -6,9 +6,11 @@
 //! epochs as recorded would go on from a different state than the one published. A process
 //! that fails at every start ends in a crash-loop error.
 //!
-//! The customer-analytics job checkpoints no state yet, so the restart restores no
-//! checkpoint: it replays the epoch log from the start (the same cuts) and the file sinks
-//! skip the epochs they committed.
+//! Two ways back: with no checkpoint yet, the restart replays the epoch log from the start
+//! (the same cuts) and the file sinks skip the epochs they committed; with checkpoints every
+//! 150 ms and three kills, each restart restores the newest checkpoint (every table's
+//! checkpointed collections and the windowed and k-means operators' state) and replays
+//! only the epochs after it.
 //!
 //! What this does not show: that the replay re-cuts the published epochs exactly. With the
 //! replay plan disabled this test still passes on this input (almost every key is updated
@@ -36,25 +38,48 @@ fn logged_epochs(state: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let csv = generate_csv(dir.path(), 150_000, 23, &[])?;
-    // Epochs of 3 ms (the record limit is out of reach): cut by timing.
-    let cut = ["--epoch-ms", "3"];
-    let straight = dir.path().join("straight");
-    run_on_csv(&csv, &straight, "2", "300", &[])?;
+/// The newest epoch with a complete checkpoint (a manifest) under `state`.
+fn newest_checkpoint(state: &Path) -> Option<u64> {
+    std::fs::read_dir(state.join("checkpoints"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("MANIFEST.json").is_file())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("ckpt-")?.parse().ok()
+        })
+        .max()
+}
 
-    let out = dir.path().join("supervised");
+/// When to kill the running process: given the state directory and the checkpoint epoch
+/// seen at the previous kill.
+type KillWhen = fn(&Path, Option<u64>) -> bool;
+
+/// Runs `supervise` over `csv` into `out` with `extra` flags, kills the running process
+/// `kills` times with SIGKILL, each once `when` says so, and returns the supervisor's log.
+fn supervise_with_kills(
+    csv: &Path,
+    out: &Path,
+    extra: &[&str],
+    kills: usize,
+    when: KillWhen,
+) -> Result<String> {
     let bin = job_binary()?;
     let mut sup = Command::new(&bin)
         .args(["supervise", "--backoff-ms", "200", "--input"])
-        .arg(&csv)
+        .arg(csv)
         .arg("--output")
-        .arg(&out)
-        .args(["--workers", "2", "--epoch-records", "100000", "--no-console"])
-        .args(cut)
-        .args(["--checkpoint-ms", "600000"])
+        .arg(out)
+        .args([
+            "--workers",
+            "2",
+            "--epoch-records",
+            "100000",
+            "--no-console",
+        ])
+        // Epochs of 3 ms (the record limit is out of reach): cut by timing.
+        .args(["--epoch-ms", "3"])
+        .args(extra)
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
@@ -69,11 +94,12 @@ fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() ->
     let mut log = Vec::new();
     let mut pid: Option<u32> = None;
     let state = out.join("_state");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut killed = 0;
+    let mut seen_at_kill: Option<u64> = None;
     let status = loop {
         while let Ok(line) = rx.try_recv() {
-            if pid.is_none() && line.contains("supervise: process started") {
+            if line.contains("supervise: process started") {
                 pid = line
                     .split("pid=")
                     .nth(1)
@@ -82,12 +108,15 @@ fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() ->
             }
             log.push(line);
         }
-        // Kill the process once it has published a few dozen epochs, well before its end.
-        if !killed && logged_epochs(&state) >= 10 {
-            let p = pid.context("no `process started` line with a pid")?;
-            let ok = Command::new("kill").args(["-9", &p.to_string()]).status()?.success();
+        if killed < kills && pid.is_some() && when(&state, seen_at_kill) {
+            let p = pid.take().context("no `process started` line with a pid")?;
+            let ok = Command::new("kill")
+                .args(["-9", &p.to_string()])
+                .status()?
+                .success();
             ensure!(ok, "kill -9 {p} failed");
-            killed = true;
+            killed += 1;
+            seen_at_kill = newest_checkpoint(&state);
         }
         if let Some(status) = sup.try_wait()? {
             break status;
@@ -101,18 +130,26 @@ fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() ->
     let _ = reader.join();
     log.extend(rx.try_iter());
     let text = log.join("\n");
-    ensure!(killed, "the run ended before it could be killed:\n{text}");
+    ensure!(
+        killed == kills,
+        "the run ended after {killed} of {kills} kills:\n{text}"
+    );
     ensure!(status.success(), "supervise failed ({status}):\n{text}");
     ensure!(
-        text.contains("was killed by signal 9") && text.contains("restarting"),
-        "no restart in the log:\n{text}"
+        text.matches("was killed by signal 9").count() == kills && text.contains("restarting"),
+        "not {kills} restarts in the log:\n{text}"
     );
     ensure!(
         text.contains("file sink resumed"),
         "the restart did not resume the file sinks:\n{text}"
     );
+    Ok(text)
+}
 
-    let tables = snapshot_tables(&straight)?;
+/// Every table of `out` equals that of `straight`, and its changelog holds each epoch once,
+/// in order, and folds to the snapshot.
+fn same_outputs(straight: &Path, out: &Path) -> Result<()> {
+    let tables = snapshot_tables(straight)?;
     ensure!(tables.len() >= 14, "tables: {tables:?}");
     for t in &tables {
         let snapshot = format!("{t}.jsonl");
@@ -130,17 +167,58 @@ fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() ->
         for line in std::fs::read_to_string(&changelog)?.lines() {
             let v: serde_json::Value = serde_json::from_str(line)?;
             let epoch = v["epoch"].as_u64().context("epoch")?;
-            ensure!(epoch >= last, "{t}: epoch {epoch} after epoch {last}: an epoch written twice");
+            ensure!(
+                epoch >= last,
+                "{t}: epoch {epoch} after epoch {last}: an epoch written twice"
+            );
             last = epoch;
         }
-        let (folded, snapshot_rows) = folded_and_snapshot(&out, t)?;
+        let (folded, snapshot_rows) = folded_and_snapshot(out, t)?;
         let mut folded = folded;
         let mut rows = snapshot_rows;
         folded.sort_by_key(|v| v.to_string());
         rows.sort_by_key(|v| v.to_string());
-        ensure!(folded == rows, "{t}: the changelog does not fold to the snapshot");
+        ensure!(
+            folded == rows,
+            "{t}: the changelog does not fold to the snapshot"
+        );
     }
     Ok(())
+}
+
+#[test]
+fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 150_000, 23, &[])?;
+    let straight = dir.path().join("straight");
+    run_on_csv(&csv, &straight, "2", "300", &[])?;
+    let out = dir.path().join("supervised");
+    // No checkpoint before the end: the restart replays the epoch log from the start.
+    let when: KillWhen = |state, _| logged_epochs(state) >= 10;
+    let text = supervise_with_kills(&csv, &out, &["--checkpoint-ms", "600000"], 1, when)?;
+    ensure!(
+        text.contains("replaying the epoch log from the start"),
+        "the restart did not replay the log:\n{text}"
+    );
+    same_outputs(&straight, &out)
+}
+
+#[test]
+fn restarts_from_checkpoints_after_several_kills_equal_an_uninterrupted_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 200_000, 29, &[])?;
+    let straight = dir.path().join("straight");
+    run_on_csv(&csv, &straight, "2", "300", &[])?;
+    let out = dir.path().join("supervised");
+    // Each kill comes once a checkpoint newer than the one seen at the previous kill is
+    // complete, so every restart restores a checkpoint and replays only the epochs after it.
+    let when: KillWhen = |state, before| newest_checkpoint(state) > before;
+    let text = supervise_with_kills(&csv, &out, &["--checkpoint-ms", "150"], 3, when)?;
+    ensure!(
+        text.matches("restoring").count() >= 3,
+        "not every restart restored a checkpoint:\n{text}"
+    );
+    same_outputs(&straight, &out)
 }
 
 #[test]
@@ -152,7 +230,14 @@ fn a_process_that_fails_at_every_start_ends_in_a_crash_loop_error() -> Result<()
     let addr = taken.local_addr()?.to_string();
     let bin = job_binary()?;
     let out = Command::new(&bin)
-        .args(["supervise", "--max-restarts", "2", "--backoff-ms", "50", "--input"])
+        .args([
+            "supervise",
+            "--max-restarts",
+            "2",
+            "--backoff-ms",
+            "50",
+            "--input",
+        ])
         .arg(&csv)
         .arg("--output")
         .arg(dir.path().join("out"))

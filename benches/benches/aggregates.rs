@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use cap_connectors::clickstream::Event;
 use cap_connectors::generator::{GeneratorConfig, GeneratorSource};
+use cap_engine::job::NoCheckpoints;
 use cap_engine::source::{Polled, Source, SourceRecord};
 use cap_operators::aggregate::sum_by_key;
 use cap_operators::topk::{top_k, top_k_hierarchical};
@@ -208,19 +209,19 @@ fn main() -> anyhow::Result<()> {
     let events: Vec<(Event, isize)> = generate(n)?.into_iter().map(|e| (e, 1)).collect();
     let k = events.len();
     let secs = time_dataflow(events.clone(), args.epoch, |c| {
-        tables::categories::category_hourly(&c)
+        tables::categories::category_hourly(&mut NoCheckpoints, &c).expect("builds")
     });
     report("category_hourly (events)", k, secs);
     let secs = time_dataflow(events.clone(), args.epoch, |c| {
-        tables::categories::category_weekday(&c)
+        tables::categories::category_weekday(&mut NoCheckpoints, &c).expect("builds")
     });
     report("category_weekday (events)", k, secs);
     let secs = time_dataflow(events.clone(), args.epoch, |c| {
-        tables::brands::brand_daily(&c)
+        tables::brands::brand_daily(&mut NoCheckpoints, &c).expect("builds")
     });
     report("brand_daily (events)", k, secs);
     let secs = time_dataflow(events, args.epoch, |c| {
-        tables::abandonment::cart_abandonment_daily(&c)
+        tables::abandonment::cart_abandonment_daily(&mut NoCheckpoints, &c).expect("builds")
     });
     report("cart_abandonment_daily (events)", k, secs);
     Ok(())

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use cap_connectors::clickstream::Event;
 use cap_connectors::generator::{GeneratorConfig, GeneratorSource};
 use cap_engine::differential_dataflow::input::Input;
+use cap_engine::job::NoCheckpoints;
 use cap_engine::timely;
 use clap::Parser;
 use customer_analytics::tables::customers::{customer_traits, segment_rules, segments};
@@ -143,14 +144,15 @@ fn run(args: &Args, with_segments: bool) -> anyhow::Result<Outcome> {
         let (c, m, rules) = (Arc::clone(&c), Arc::clone(&m), rules.clone());
         let (mut input, probe) = worker.dataflow::<u64, _, _>(move |scope| {
             let (input, events) = scope.new_collection::<Event, isize>();
-            let traits = customer_traits(&events);
+            let traits = customer_traits(&mut NoCheckpoints, &events).expect("builds");
             let (probe, traits) = traits
                 .inspect(move |(_, _, d)| {
                     c.fetch_add(*d as i64, Ordering::Relaxed);
                 })
                 .probe();
             if with_segments {
-                segments(&traits, &events, &rules)
+                segments(&mut NoCheckpoints, &traits, &events, &rules)
+                    .expect("builds")
                     .inspect(move |(_, _, d)| {
                         m.fetch_add(*d as i64, Ordering::Relaxed);
                     })

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cap_connectors::clickstream::Event;
 use cap_connectors::generator::{GeneratorConfig, GeneratorSource};
+use cap_engine::job::NoCheckpoints;
 use cap_operators::local::pre_aggregate;
 use cap_operators::similarity::{similar_items, PairStats, SimilarityConfig};
 use clap::Parser;
@@ -101,8 +102,10 @@ fn run(events: Arc<Vec<Event>>, workers: usize, args: &Args) -> anyhow::Result<O
                 let touches = pre_aggregate(events.map(|e| (e.user_id, e.product_id)), "touches");
                 similar_items(touches, &config, report).map(|_| ())
             } else {
+                let ck = &mut NoCheckpoints;
+                let top = top_category(ck, &events).expect("builds");
                 let (similar, recs) =
-                    similarity_tables(&events, top_category(&events), &settings, report);
+                    similarity_tables(ck, &events, top, &settings, report).expect("builds");
                 similar.map(|_| ()).concat(recs.map(|_| ()))
             };
             let (probe, _) = outputs.probe();

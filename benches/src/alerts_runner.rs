@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use cap_connectors::clickstream::Event;
 use cap_connectors::generator::{GeneratorConfig, GeneratorSource};
+use cap_engine::job::NoCheckpoints;
 use customer_analytics::tables::alerts::{alerts, AlertRow, AlertRules};
 use differential_dataflow::input::Input;
 
@@ -46,11 +47,13 @@ pub fn run_alerts(
         let sink = Arc::clone(&sink);
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Event, isize>();
-            let rows = alerts(&events, &rules, |_| {}).inspect(move |(row, _t, d)| {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((row.clone(), *d));
-            });
+            let rows = alerts(&mut NoCheckpoints, &events, &rules, |_| {})
+                .expect("builds")
+                .inspect(move |(row, _t, d)| {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((row.clone(), *d));
+                });
             let (probe, _) = rows.probe();
             (input, probe)
         });

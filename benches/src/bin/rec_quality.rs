@@ -33,6 +33,7 @@ use std::time::Instant;
 use anyhow::Context;
 use cap_connectors::clickstream::{Event, EventType, SessionId};
 use cap_connectors::generator::{GeneratorConfig, GeneratorSource};
+use cap_engine::job::NoCheckpoints;
 use clap::Parser;
 use customer_analytics::tables::recommendations::{
     similarity_tables, top_category, RecommendationRow, RecommendationSettings,
@@ -79,8 +80,10 @@ fn recommend(
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Event, isize>();
             let settings = RecommendationSettings::default();
+            let ck = &mut NoCheckpoints;
+            let top = top_category(ck, &events).expect("builds");
             let (_similar, recs) =
-                similarity_tables(&events, top_category(&events), &settings, |_| {});
+                similarity_tables(ck, &events, top, &settings, |_| {}).expect("builds");
             let (probe, _) = recs
                 .inspect(move |(row, _t, d)| {
                     sink.lock()

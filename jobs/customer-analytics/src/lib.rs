@@ -151,35 +151,31 @@ impl Job for CustomerAnalytics {
         let any = |df: &Dataflow<'s>, tables: &[&str]| tables.iter().any(|t| df.wants(t));
 
         // `engine.tables` may ask for a subset: build only what the wanted tables need.
+        // Every table builds on collections it checkpoints through `df` (see each
+        // function's docs): after a restore, they start from the checkpoint.
         if df.wants("daily_visitors") {
-            df.sink("daily_visitors", tables::visitors::daily_visitors(&clicks))?;
+            let rows = tables::visitors::daily_visitors(df, &clicks)?;
+            df.sink("daily_visitors", rows)?;
         }
         if df.wants("session_funnel_daily") {
-            df.sink(
-                "session_funnel_daily",
-                tables::funnels::session_funnel_daily(&clicks)?,
-            )?;
+            let rows = tables::funnels::session_funnel_daily(df, &clicks)?;
+            df.sink("session_funnel_daily", rows)?;
         }
         if df.wants("cart_abandonment_daily") {
-            df.sink(
-                "cart_abandonment_daily",
-                tables::abandonment::cart_abandonment_daily(&events),
-            )?;
+            let rows = tables::abandonment::cart_abandonment_daily(df, &events)?;
+            df.sink("cart_abandonment_daily", rows)?;
         }
         if df.wants("category_hourly") {
-            df.sink(
-                "category_hourly",
-                tables::categories::category_hourly(&events),
-            )?;
+            let rows = tables::categories::category_hourly(df, &events)?;
+            df.sink("category_hourly", rows)?;
         }
         if df.wants("category_weekday") {
-            df.sink(
-                "category_weekday",
-                tables::categories::category_weekday(&events),
-            )?;
+            let rows = tables::categories::category_weekday(df, &events)?;
+            df.sink("category_weekday", rows)?;
         }
         if df.wants("brand_daily") {
-            df.sink("brand_daily", tables::brands::brand_daily(&events))?;
+            let rows = tables::brands::brand_daily(df, &events)?;
+            df.sink("brand_daily", rows)?;
         }
         if df.wants("alerts") {
             let late = df.registry().counter(
@@ -187,13 +183,11 @@ impl Job for CustomerAnalytics {
                 "event updates that fell only in alert windows already final (later than job.alerts.retention_ms behind the watermark)",
                 vec![("worker", df.worker_index().to_string())],
             );
-            df.sink(
-                "alerts",
-                tables::alerts::alerts(&events, &alert_rules, move |n| late.add(n)),
-            )?;
+            let rows = tables::alerts::alerts(df, &events, &alert_rules, move |n| late.add(n))?;
+            df.sink("alerts", rows)?;
         }
 
-        let traits = any(
+        let traits = if any(
             df,
             &[
                 "customer_traits",
@@ -202,19 +196,20 @@ impl Job for CustomerAnalytics {
                 "cluster_centroids",
                 "recommendations",
             ],
-        )
-        .then(|| tables::customers::customer_traits(&events));
+        ) {
+            Some(tables::customers::customer_traits(df, &events)?)
+        } else {
+            None
+        };
         if let Some(traits) = &traits {
             if any(df, &["customer_clusters", "cluster_centroids"]) {
-                let clusters = tables::clusters::customer_clusters(traits, &settings.clusters);
+                let clusters = tables::clusters::customer_clusters(df, traits, &settings.clusters)?;
                 df.sink("customer_clusters", clusters.customers)?;
                 df.sink("cluster_centroids", clusters.centroids)?;
             }
             if df.wants("segments") {
-                df.sink(
-                    "segments",
-                    tables::customers::segments(traits, &events, &segment_rules),
-                )?;
+                let rows = tables::customers::segments(df, traits, &events, &segment_rules)?;
+                df.sink("segments", rows)?;
             }
             df.sink("customer_traits", traits.clone())?;
         }
@@ -227,24 +222,24 @@ impl Job for CustomerAnalytics {
                 budget / df.workers().max(1) as u64,
             );
             let similar = tables::recommendations::similar_products(
+                df,
                 &events,
                 &settings.recommendations,
                 pair_stats,
-            );
+            )?;
             if df.wants("recommendations") {
                 let top_categories = match &traits {
                     Some(traits) => traits.clone().map(|r| (r.user_id, r.top_category)),
-                    None => tables::recommendations::top_category(&events),
+                    None => tables::recommendations::top_category(df, &events)?,
                 };
-                df.sink(
-                    "recommendations",
-                    tables::recommendations::recommendation_rows(
-                        &events,
-                        similar.clone(),
-                        top_categories,
-                        &settings.recommendations,
-                    ),
+                let rows = tables::recommendations::recommendation_rows(
+                    df,
+                    &events,
+                    similar.clone(),
+                    top_categories,
+                    &settings.recommendations,
                 )?;
+                df.sink("recommendations", rows)?;
             }
             df.sink(
                 "similar_items",

@@ -20,6 +20,7 @@
 //! move, so it cannot be a running sum); then one [`SessionCounts`] total per day.
 
 use cap_connectors::clickstream::{Event, EventType, SessionId};
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::sink::TableRow;
 use cap_engine::time::{day_of, Day, UtcDay};
 use cap_engine::values::Ratio;
@@ -96,17 +97,22 @@ impl TableRow for CartAbandonmentRow {
     }
 }
 
-/// The `cart_abandonment_daily` rows of `events`.
+/// The `cart_abandonment_daily` rows of `events`. Checkpointed state: each session's
+/// distinct `(time, mark)` events.
 pub fn cart_abandonment_daily<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
-) -> VecCollection<'s, u64, CartAbandonmentRow> {
-    let marks = pre_aggregate(
-        events.clone().flat_map(|e| {
-            let mark = Mark::of(e.event_type);
-            e.user_session.map(|s| (s, (e.event_time, mark)))
-        }),
+) -> Result<VecCollection<'s, u64, CartAbandonmentRow>, BuildError> {
+    let marks = ck.checkpointed(
         "session_marks",
-    );
+        pre_aggregate(
+            events.clone().flat_map(|e| {
+                let mark = Mark::of(e.event_type);
+                e.user_session.map(|s| (s, (e.event_time, mark)))
+            }),
+            "session_marks",
+        ),
+    )?;
     let outcomes = marks.reduce_named(
         "SessionCartPurchase",
         |_session: &SessionId, input, output| {
@@ -134,7 +140,7 @@ pub fn cart_abandonment_daily<'s>(
             }
         },
     );
-    sum_by_key(outcomes, "abandonment_day", |(_session, o)| {
+    Ok(sum_by_key(outcomes, "abandonment_day", |(_session, o)| {
         let counts = SessionCounts {
             with_cart: i64::from(o.cart),
             with_purchase: i64::from(o.purchase),
@@ -148,7 +154,7 @@ pub fn cart_abandonment_daily<'s>(
         sessions_with_purchase: c.with_purchase,
         abandoned_sessions: c.abandoned,
         abandonment_rate: Ratio::new(c.abandoned, c.with_cart),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -156,6 +162,7 @@ mod tests {
     use super::*;
     use crate::tables::counters::fixtures::{at, event};
     use cap_connectors::clickstream::EventType::*;
+    use cap_engine::job::NoCheckpoints;
     use cap_engine::time::days_from_civil;
     use cap_operators::testing::{accumulate_at, run_on_workers};
 
@@ -188,7 +195,9 @@ mod tests {
                 -1,
             ),
         ];
-        let out = run_on_workers(2, updates, |c| cart_abandonment_daily(&c));
+        let out = run_on_workers(2, updates, |c| {
+            cart_abandonment_daily(&mut NoCheckpoints, &c).expect("builds")
+        });
         let rows = |epoch| -> Vec<String> {
             accumulate_at(&out, epoch)
                 .keys()

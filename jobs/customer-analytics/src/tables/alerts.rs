@@ -45,13 +45,16 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use super::keep_state;
 use cap_connectors::clickstream::{Event, EventType};
 use cap_engine::config::ConfigError;
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::sink::TableRow;
 use cap_engine::time::UtcTime;
 use cap_operators::anomaly::{
-    baseline_surges, merge_windows, windowed_distinct, windowed_tallies, BaselineRule,
-    LateCallback, Multiplier, Retention, Surge, Window, Windows,
+    baseline_surges, merge_windows, windowed_distinct_stateful, windowed_tallies_stateful,
+    BaselineRule, LateCallback, Multiplier, Retention, Stateful, Surge, Tally, TallyState, Window,
+    Windows,
 };
 use compact_str::CompactString;
 use differential_dataflow::VecCollection;
@@ -443,12 +446,15 @@ type Candidate = ((AlertKind, Subject), (Window, Finding));
 
 /// The `alerts` rows of `events` under `rules` (see the module docs). `late` hears, per
 /// epoch and worker, of the updates that fell only in windows already final (with a
-/// retention).
+/// retention). Checkpointed state: the windowed operators' own state (the buckets and
+/// values of the windows still open, and the watermark) and their outputs (the windows'
+/// tallies and distinct counts, which the baselines and the merge build on).
 pub fn alerts<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
     rules: &AlertRules,
     late: impl Fn(u64) + Clone + 'static,
-) -> VecCollection<'s, u64, AlertRow> {
+) -> Result<VecCollection<'s, u64, AlertRow>, BuildError> {
     let r = *rules;
     let report = || -> Option<LateCallback> { Some(Box::new(late.clone())) };
     let signals = events.clone().map(|e| Signal {
@@ -466,7 +472,16 @@ pub fn alerts<'s>(
         std::iter::once((Subject::User(s.user), (s.time, marked))).chain(ip)
     });
     let least = r.user_events.min(r.ip_events).min(r.view_burst_events);
-    let tallies = windowed_tallies(subject_events, r.bot_windows, least, r.retention, report());
+    let restored = ck.restored("bot_windows_state")?;
+    let tallies = windowed_tallies_stateful(
+        subject_events,
+        r.bot_windows,
+        least,
+        r.retention,
+        report(),
+        restored.clone(),
+    );
+    let tallies = tallies_checkpointed(ck, "bot_windows", tallies, restored)?;
     let bots = tallies.flat_map(move |((subject, w), t)| {
         let found = match subject {
             Subject::User(_) => [
@@ -487,22 +502,29 @@ pub fn alerts<'s>(
     });
 
     // Global: the event rate and distinct ips, each against its baseline.
-    let global_counts = windowed_tallies(
+    let restored = ck.restored("global_windows_state")?;
+    let global_counts = windowed_tallies_stateful(
         signals.clone().map(|s| ((), (s.time, false))),
         r.global_windows,
         1,
         r.retention,
         report(),
-    )
-    .map(|(kw, t)| (kw, t.events));
+        restored.clone(),
+    );
+    let global_counts = tallies_checkpointed(ck, "global_windows", global_counts, restored)?
+        .map(|(kw, t)| (kw, t.events));
     let rate_surges =
         baseline_surges(global_counts, r.global_windows, r.rate).map(|(((), w), s)| (w, s));
-    let ip_counts = windowed_distinct(
+    let restored = ck.restored("ip_windows_state")?;
+    let ip_counts = windowed_distinct_stateful(
         signals.flat_map(|s| s.ip.map(|ip| ((), (s.time, ip)))),
         r.global_windows,
         r.retention,
         report(),
+        restored.clone(),
     );
+    keep_state(ck, "ip_windows_state", ip_counts.state, restored)?;
+    let ip_counts = ck.checkpointed("ip_windows", ip_counts.output)?;
     let ip_surges = baseline_surges(ip_counts, r.global_windows, r.ips).map(|(((), w), s)| (w, s));
     let surging_rate = rate_surges.clone().map(|(w, _)| w);
     let ddos = ip_surges
@@ -514,27 +536,47 @@ pub fn alerts<'s>(
         .map(|(w, s)| global(AlertKind::TrafficSpike, w, Rule::GlobalRate, s));
 
     let candidates = bots.concat(ddos).concat(spikes);
-    merge_windows(candidates, stronger).map(move |((kind, subject), (w, f))| {
-        let subject = subject.to_string();
-        let severity = if u128::from(f.observed) * 1000
-            >= u128::from(f.threshold) * u128::from(r.critical.milli())
-        {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        };
-        AlertRow {
-            alert_id: alert_id(kind, &subject, w.start),
-            kind,
-            subject,
-            window_start: UtcTime(w.start),
-            window_end: UtcTime(w.end),
-            observed: f.observed,
-            threshold: f.threshold,
-            severity,
-            rule: f.rule,
-        }
-    })
+    Ok(
+        merge_windows(candidates, stronger).map(move |((kind, subject), (w, f))| {
+            let subject = subject.to_string();
+            let severity = if u128::from(f.observed) * 1000
+                >= u128::from(f.threshold) * u128::from(r.critical.milli())
+            {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            AlertRow {
+                alert_id: alert_id(kind, &subject, w.start),
+                kind,
+                subject,
+                window_start: UtcTime(w.start),
+                window_end: UtcTime(w.end),
+                observed: f.observed,
+                threshold: f.threshold,
+                severity,
+                rule: f.rule,
+            }
+        }),
+    )
+}
+
+/// Each `(key, window)`'s tally.
+type WindowTallies<'s, K> = VecCollection<'s, u64, ((K, Window), Tally)>;
+
+/// Checkpoints a windowed tally's state under `<name>_state` (its changes and what it was
+/// restored with) and its output under `name`, and returns the output to build on.
+fn tallies_checkpointed<'s, K>(
+    ck: &mut impl Checkpoints<'s>,
+    name: &str,
+    tallies: Stateful<'s, u64, ((K, Window), Tally), TallyState<K>>,
+    restored: Option<VecCollection<'s, u64, TallyState<K>>>,
+) -> Result<WindowTallies<'s, K>, BuildError>
+where
+    K: differential_dataflow::ExchangeData + std::hash::Hash,
+{
+    keep_state(ck, &format!("{name}_state"), tallies.state, restored)?;
+    ck.checkpointed(name, tallies.output)
 }
 
 fn bot(subject: Subject, w: Window, rule: Rule, observed: u64, threshold: u64) -> Candidate {

@@ -17,10 +17,11 @@
 //! State: one [`EventCounters`] total per (day, brand).
 
 use cap_connectors::clickstream::{Event, EventType};
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::sink::TableRow;
 use cap_engine::time::{day_of, UtcDay};
 use cap_engine::values::{Money, Ratio};
-use cap_operators::aggregate::sum_by_key;
+use cap_operators::aggregate::{contributions, totals};
 use compact_str::CompactString;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -65,18 +66,23 @@ impl TableRow for BrandDailyRow {
     }
 }
 
-/// The `brand_daily` rows of `events`.
+/// The `brand_daily` rows of `events`. Checkpointed state: the counters of each
+/// `(day, brand)`.
 pub fn brand_daily<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
-) -> VecCollection<'s, u64, BrandDailyRow> {
-    sum_by_key(events.clone(), "day_brand", |e: Event| {
-        let brand = e
-            .brand
-            .filter(|_| e.event_type != EventType::RemoveFromCart)?;
-        let counters = EventCounters::of(e.event_type, e.price_cents);
-        Some(((day_of(e.event_time), brand), counters))
-    })
-    .map(|((day, brand), c)| BrandDailyRow {
+) -> Result<VecCollection<'s, u64, BrandDailyRow>, BuildError> {
+    let counts = ck.checkpointed(
+        "day_brand",
+        contributions(events.clone(), "day_brand", |e: Event| {
+            let brand = e
+                .brand
+                .filter(|_| e.event_type != EventType::RemoveFromCart)?;
+            let counters = EventCounters::of(e.event_type, e.price_cents);
+            Some(((day_of(e.event_time), brand), counters))
+        }),
+    )?;
+    Ok(totals(counts).map(|((day, brand), c)| BrandDailyRow {
         day: UtcDay(day),
         brand,
         views: c.views,
@@ -84,7 +90,7 @@ pub fn brand_daily<'s>(
         purchases: c.purchases,
         revenue: Money(c.revenue_cents),
         conversion: Ratio::new(c.purchases, c.views),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -92,6 +98,7 @@ mod tests {
     use super::*;
     use crate::tables::counters::fixtures::{at, event};
     use cap_connectors::clickstream::EventType::*;
+    use cap_engine::job::NoCheckpoints;
     use cap_engine::time::days_from_civil;
     use cap_operators::testing::{accumulate_at, run_on_workers};
 
@@ -112,7 +119,9 @@ mod tests {
             (event(at(2, 0, 0), Purchase, "c", "lg", 900, ""), 0, 1),
             (event(at(2, 0, 0), Purchase, "c", "lg", 900, ""), 1, -1),
         ];
-        let out = run_on_workers(2, updates, |c| brand_daily(&c));
+        let out = run_on_workers(2, updates, |c| {
+            brand_daily(&mut NoCheckpoints, &c).expect("builds")
+        });
         let rows = |epoch| -> Vec<String> {
             accumulate_at(&out, epoch)
                 .keys()

@@ -21,12 +21,13 @@
 use std::cmp::Reverse;
 
 use cap_connectors::clickstream::Event;
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::sink::TableRow;
 use cap_engine::time::{
     day_of, format_rfc3339, hour_of, parse_day, weekday_of, MS_PER_DAY, MS_PER_HOUR,
 };
 use cap_engine::values::Money;
-use cap_operators::aggregate::sum_by_key;
+use cap_operators::aggregate::{contributions, totals};
 use cap_operators::topk::top_k_named;
 use compact_str::CompactString;
 use differential_dataflow::VecCollection;
@@ -166,20 +167,24 @@ impl TableRow for CategoryWeekdayRow {
     }
 }
 
-/// Per bucket, each category's counters.
+/// Per bucket, each category's counters (checkpointed under `name`).
 fn category_counts<'s, B>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
     name: &str,
     bucket: fn(i64) -> B,
-) -> VecCollection<'s, u64, (B, CategoryCounts)>
+) -> Result<VecCollection<'s, u64, (B, CategoryCounts)>, BuildError>
 where
     B: differential_dataflow::ExchangeData + std::hash::Hash,
 {
-    sum_by_key(events.clone(), name, move |e: Event| {
-        let key = (bucket(e.event_time), category_key(&e));
-        Some((key, EventCounters::of(e.event_type, e.price_cents)))
-    })
-    .map(|((b, category), counters)| (b, CategoryCounts { category, counters }))
+    let counts = ck.checkpointed(
+        name,
+        contributions(events.clone(), name, move |e: Event| {
+            let key = (bucket(e.event_time), category_key(&e));
+            Some((key, EventCounters::of(e.event_type, e.price_cents)))
+        }),
+    )?;
+    Ok(totals(counts).map(|((b, category), counters)| (b, CategoryCounts { category, counters })))
 }
 
 fn hour_bucket(t: i64) -> i64 {
@@ -190,12 +195,14 @@ fn weekday_bucket(t: i64) -> u8 {
     weekday_of(day_of(t))
 }
 
-/// The `category_hourly` rows of `events`.
+/// The `category_hourly` rows of `events`. Checkpointed state: the counters of each
+/// `(hour, category)`.
 pub fn category_hourly<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
-) -> VecCollection<'s, u64, CategoryHourlyRow> {
-    let counts = category_counts(events, "hour_category", hour_bucket);
-    top_k_named(
+) -> Result<VecCollection<'s, u64, CategoryHourlyRow>, BuildError> {
+    let counts = category_counts(ck, events, "hour_category", hour_bucket)?;
+    Ok(top_k_named(
         counts,
         "CategoryHourlyTop",
         TOP_CATEGORIES,
@@ -215,15 +222,17 @@ pub fn category_hourly<'s>(
         carts: c.counters.carts,
         purchases: c.counters.purchases,
         revenue: Money(c.counters.revenue_cents),
-    })
+    }))
 }
 
-/// The `category_weekday` rows of `events`.
+/// The `category_weekday` rows of `events`. Checkpointed state: the counters of each
+/// `(weekday, category)`.
 pub fn category_weekday<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
-) -> VecCollection<'s, u64, CategoryWeekdayRow> {
-    let counts = category_counts(events, "weekday_category", weekday_bucket);
-    top_k_named(
+) -> Result<VecCollection<'s, u64, CategoryWeekdayRow>, BuildError> {
+    let counts = category_counts(ck, events, "weekday_category", weekday_bucket)?;
+    Ok(top_k_named(
         counts,
         "CategoryWeekdayTop",
         TOP_CATEGORIES,
@@ -242,7 +251,7 @@ pub fn category_weekday<'s>(
         views: c.counters.views,
         purchases: c.counters.purchases,
         revenue: Money(c.counters.revenue_cents),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -250,6 +259,7 @@ mod tests {
     use super::*;
     use crate::tables::counters::fixtures::{at, event};
     use cap_connectors::clickstream::EventType::{self, *};
+    use cap_engine::job::NoCheckpoints;
     use cap_engine::time::ms_from_civil;
     use cap_operators::testing::{accumulate_at, run_on_workers};
 
@@ -294,7 +304,9 @@ mod tests {
 
     #[test]
     fn hourly_ranks_views_then_purchases_then_name_and_follows_retractions() {
-        let out = run_on_workers(2, updates(), |c| category_hourly(&c));
+        let out = run_on_workers(2, updates(), |c| {
+            category_hourly(&mut NoCheckpoints, &c).expect("builds")
+        });
         let at0 = accumulate_at(&out, 0);
         assert_eq!(ranking(&at0, 13), ["1 x.b", "2 x.c", "3 x.a", "4 42"]);
         let hour14 = ranking(&at0, 14);
@@ -313,7 +325,9 @@ mod tests {
 
     #[test]
     fn weekday_ranks_purchases_then_revenue_then_name() {
-        let out = run_on_workers(2, updates(), |c| category_weekday(&c));
+        let out = run_on_workers(2, updates(), |c| {
+            category_weekday(&mut NoCheckpoints, &c).expect("builds")
+        });
         let names = |epoch| -> Vec<String> {
             accumulate_at(&out, epoch)
                 .keys()

@@ -18,9 +18,11 @@
 //! the same for any worker count or epoch size.
 
 use super::customers::CustomerTraitsRow;
+use super::keep_state;
 use cap_engine::config::ConfigError;
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::sink::TableRow;
-use cap_operators::kmeans::{kmeans_segments, KMeansParams, SegmentConfig};
+use cap_operators::kmeans::{kmeans_segments_with_state, KMeansParams, SegmentConfig};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -255,10 +257,12 @@ pub fn cluster_traits_of(row: &CustomerTraitsRow) -> ClusterTraits {
 /// `customer_clusters` and `cluster_centroids` from the `customer_traits` table: the
 /// clusters share its per-user state instead of keeping their own.
 pub fn customer_clusters<'s>(
+    ck: &mut impl Checkpoints<'s>,
     traits: &VecCollection<'s, u64, CustomerTraitsRow>,
     settings: &ClusterSettings,
-) -> Clusters<'s> {
+) -> Result<Clusters<'s>, BuildError> {
     clusters_from_traits(
+        ck,
         traits
             .clone()
             .map(|row| (row.user_id, cluster_traits_of(&row))),
@@ -266,12 +270,17 @@ pub fn customer_clusters<'s>(
     )
 }
 
-/// `customer_clusters` and `cluster_centroids` from per-user traits.
+/// `customer_clusters` and `cluster_centroids` from per-user traits. Checkpointed state:
+/// the fit's schedule and model (`kmeans_fit`); the traits are restored upstream.
 pub fn clusters_from_traits<'s>(
+    ck: &mut impl Checkpoints<'s>,
     traits: VecCollection<'s, u64, (u64, ClusterTraits)>,
     settings: &ClusterSettings,
-) -> Clusters<'s> {
-    let segments = kmeans_segments(traits, settings.segment_config());
+) -> Result<Clusters<'s>, BuildError> {
+    let restored = ck.restored("kmeans_fit")?;
+    let fitted = kmeans_segments_with_state(traits, restored.clone(), settings.segment_config());
+    keep_state(ck, "kmeans_fit", fitted.state, restored)?;
+    let segments = fitted.segments;
     let customers = segments.assignments.map(|(user_id, a)| ClusterRow {
         user_id,
         cluster: a.cluster,
@@ -290,10 +299,10 @@ pub fn clusters_from_traits<'s>(
             size: c.size,
         }
     });
-    Clusters {
+    Ok(Clusters {
         customers,
         centroids,
-    }
+    })
 }
 
 #[cfg(test)]

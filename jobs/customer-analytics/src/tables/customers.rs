@@ -28,15 +28,16 @@ use std::collections::BTreeMap;
 
 use cap_connectors::clickstream::{Event, EventType, SessionId};
 use cap_engine::config::ConfigError;
-use cap_engine::job::BuildError;
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::sink::TableRow;
 use cap_engine::time::{day_of, UtcTime};
 use cap_engine::values::Money;
+use cap_operators::aggregate::{contributions, totals};
 use cap_operators::local::pre_aggregate;
 use cap_operators::predicate::{Schema, TraitKind, TraitValues};
 use cap_operators::segments::RuleSet;
 use cap_operators::traits::{
-    combine_by_key, count_distinct_by_key, max_of, min_max_by_key, sum_by_key, top_k_by_count,
+    combine_by_key, count_distinct_by_key, max_of, min_max_by_key, top_k_by_count,
 };
 use compact_str::CompactString;
 use differential_dataflow::difference::{IsZero, Monoid, Multiply, Semigroup};
@@ -220,10 +221,12 @@ enum Part {
     TopCategory(CompactString),
 }
 
-/// The `customer_traits` rows of `events`.
+/// The `customer_traits` rows of `events`. Checkpointed state, per user: the activity
+/// counters, the distinct event times, sessions, products and the count of each category.
 pub fn customer_traits<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
-) -> VecCollection<'s, u64, CustomerTraitsRow> {
+) -> Result<VecCollection<'s, u64, CustomerTraitsRow>, BuildError> {
     let facts = events.clone().map(|e| Fact {
         user: e.user_id,
         time: e.event_time,
@@ -233,73 +236,85 @@ pub fn customer_traits<'s>(
         category: category_key(&e),
         session: e.user_session,
     });
-    let activity = sum_by_key(
-        facts
-            .clone()
-            .map(|f| (f.user, Activity::of(f.kind, f.price_cents))),
+    let activity = ck.checkpointed(
         "user_activity",
-    )
-    .map(|(u, a)| (u, Part::Activity(a)));
-    let span = min_max_by_key(facts.clone().map(|f| (f.user, f.time)))
-        .map(|(u, (first, last))| (u, Part::Span(first, last)));
-    let sessions = count_distinct_by_key(pre_aggregate(
-        facts.clone().flat_map(|f| f.session.map(|s| (f.user, s))),
+        contributions(
+            facts
+                .clone()
+                .map(|f| (f.user, Activity::of(f.kind, f.price_cents))),
+            "user_activity",
+            Some,
+        ),
+    )?;
+    let activity = totals(activity).map(|(u, a)| (u, Part::Activity(a)));
+    let times = ck.checkpointed(
+        "user_times",
+        pre_aggregate(facts.clone().map(|f| (f.user, f.time)), "user_times"),
+    )?;
+    let span = min_max_by_key(times).map(|(u, (first, last))| (u, Part::Span(first, last)));
+    let sessions = ck.checkpointed(
         "user_session",
-    ))
-    .map(|(u, n)| (u, Part::Sessions(n)));
-    let products = count_distinct_by_key(pre_aggregate(
-        facts.clone().map(|f| (f.user, f.product)),
+        pre_aggregate(
+            facts.clone().flat_map(|f| f.session.map(|s| (f.user, s))),
+            "user_session",
+        ),
+    )?;
+    let sessions = count_distinct_by_key(sessions).map(|(u, n)| (u, Part::Sessions(n)));
+    let products = ck.checkpointed(
         "user_product",
-    ))
-    .map(|(u, n)| (u, Part::Products(n)));
-    let top = top_k_by_count(
+        pre_aggregate(facts.clone().map(|f| (f.user, f.product)), "user_product"),
+    )?;
+    let products = count_distinct_by_key(products).map(|(u, n)| (u, Part::Products(n)));
+    let categories = ck.checkpointed(
+        "user_category",
         pre_aggregate(facts.map(|f| (f.user, f.category)), "user_category"),
-        1,
-    )
-    .map(|(u, r)| (u, Part::TopCategory(r.value)));
+    )?;
+    let top = top_k_by_count(categories, 1).map(|(u, r)| (u, Part::TopCategory(r.value)));
 
     let parts = activity
         .concat(span)
         .concat(sessions)
         .concat(products)
         .concat(top);
-    combine_by_key(parts, "customer_traits", |user: &u64, input| {
-        let mut activity = None;
-        let mut span = None;
-        let (mut sessions, mut products, mut top) = (0, 0, None);
-        for (part, d) in input {
-            if *d <= 0 {
-                continue;
+    Ok(
+        combine_by_key(parts, "customer_traits", |user: &u64, input| {
+            let mut activity = None;
+            let mut span = None;
+            let (mut sessions, mut products, mut top) = (0, 0, None);
+            for (part, d) in input {
+                if *d <= 0 {
+                    continue;
+                }
+                match part {
+                    Part::Activity(a) => activity = Some(*a),
+                    Part::Span(f, l) => span = Some((*f, *l)),
+                    Part::Sessions(n) => sessions = *n,
+                    Part::Products(n) => products = *n,
+                    Part::TopCategory(c) => top = Some(c.clone()),
+                }
             }
-            match part {
-                Part::Activity(a) => activity = Some(*a),
-                Part::Span(f, l) => span = Some((*f, *l)),
-                Part::Sessions(n) => sessions = *n,
-                Part::Products(n) => products = *n,
-                Part::TopCategory(c) => top = Some(c.clone()),
-            }
-        }
-        // Every event yields an activity, a span and a category: a user without one of
-        // them has no events.
-        let (Some(a), Some((first, last)), Some(top)) = (activity, span, top) else {
-            return None;
-        };
-        let purchases = a.purchases.max(0) as u64;
-        Some(CustomerTraitsRow {
-            user_id: *user,
-            first_seen: UtcTime(first),
-            last_seen: UtcTime(last),
-            sessions,
-            views: a.views.max(0) as u64,
-            carts: a.carts.max(0) as u64,
-            purchases,
-            revenue: Money(a.revenue_cents),
-            avg_order_value: Money(avg_order_cents(a.revenue_cents, purchases)),
-            distinct_products: products,
-            top_category: top,
+            // Every event yields an activity, a span and a category: a user without one of
+            // them has no events.
+            let (Some(a), Some((first, last)), Some(top)) = (activity, span, top) else {
+                return None;
+            };
+            let purchases = a.purchases.max(0) as u64;
+            Some(CustomerTraitsRow {
+                user_id: *user,
+                first_seen: UtcTime(first),
+                last_seen: UtcTime(last),
+                sessions,
+                views: a.views.max(0) as u64,
+                carts: a.carts.max(0) as u64,
+                purchases,
+                revenue: Money(a.revenue_cents),
+                avg_order_value: Money(avg_order_cents(a.revenue_cents, purchases)),
+                distinct_products: products,
+                top_category: top,
+            })
         })
-    })
-    .map(|(_user, row)| row)
+        .map(|(_user, row)| row),
+    )
 }
 
 /// Each user's top_category, for tables that build on it (e.g. recommendations' fill).
@@ -368,24 +383,39 @@ pub fn segment_rules(rules: &BTreeMap<String, String>) -> Result<RuleSet, BuildE
 }
 
 /// The watermark's UTC day: the day of the greatest event_time seen so far (one row).
-pub fn watermark_day<'s>(events: &VecCollection<'s, u64, Event>) -> VecCollection<'s, u64, i64> {
-    max_of(events.clone().map(|e| i64::from(day_of(e.event_time))))
+/// Checkpointed state: the days with events.
+pub fn watermark_day<'s>(
+    ck: &mut impl Checkpoints<'s>,
+    events: &VecCollection<'s, u64, Event>,
+) -> Result<VecCollection<'s, u64, i64>, BuildError> {
+    let days = ck.checkpointed(
+        "event_days",
+        pre_aggregate(
+            events.clone().map(|e| i64::from(day_of(e.event_time))),
+            "event_days",
+        ),
+    )?;
+    Ok(max_of(days))
 }
 
 /// The `segments` rows: the users of `traits` that satisfy each rule, against the watermark
 /// of `events`.
 pub fn segments<'s>(
+    ck: &mut impl Checkpoints<'s>,
     traits: &VecCollection<'s, u64, CustomerTraitsRow>,
     events: &VecCollection<'s, u64, Event>,
     rules: &RuleSet,
-) -> VecCollection<'s, u64, SegmentRow> {
+) -> Result<VecCollection<'s, u64, SegmentRow>, BuildError> {
     let numbers = traits.clone().map(|r| (r.user_id, TraitNumbers::from(&r)));
     let names: Vec<String> = rules.rules().iter().map(|r| r.name.clone()).collect();
-    cap_operators::segments::segments(numbers, watermark_day(events), rules).map(
-        move |(user_id, i)| SegmentRow {
-            user_id,
-            segment: names.get(usize::from(i)).cloned().unwrap_or_default(),
-        },
+    let watermark = watermark_day(ck, events)?;
+    Ok(
+        cap_operators::segments::segments(numbers, watermark, rules).map(move |(user_id, i)| {
+            SegmentRow {
+                user_id,
+                segment: names.get(usize::from(i)).cloned().unwrap_or_default(),
+            }
+        }),
     )
 }
 

@@ -26,6 +26,7 @@
 
 use cap_connectors::clickstream::{Event, EventType};
 use cap_engine::config::ConfigError;
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::metrics::Registry;
 use cap_engine::sink::TableRow;
 use cap_operators::local::pre_aggregate;
@@ -262,25 +263,32 @@ fn interaction(kind: EventType) -> Interaction {
 /// Per user, the category key with most events of any type, ties by key ascending: the
 /// `customer_traits.top_category` column, for callers (benchmarks, other jobs) that
 /// build the recommendations without the `customer_traits` table.
+/// Checkpointed state: the count of each user's categories.
 pub fn top_category<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
-) -> VecCollection<'s, u64, (u64, CompactString)> {
-    let user_categories = pre_aggregate(
-        events.clone().map(|e| (e.user_id, category_key(&e))),
-        "user_category",
-    );
-    user_categories.reduce_named("TopCategory", |_user, input, output| {
-        // Input is sorted by key: the first key with the most events wins ties.
-        let mut best: Option<(&CompactString, isize)> = None;
-        for (key, n) in input {
-            if *n > 0 && best.map(|(_, m)| *n > m).unwrap_or(true) {
-                best = Some((*key, *n));
+) -> Result<VecCollection<'s, u64, (u64, CompactString)>, BuildError> {
+    let user_categories = ck.checkpointed(
+        "rec_user_category",
+        pre_aggregate(
+            events.clone().map(|e| (e.user_id, category_key(&e))),
+            "user_category",
+        ),
+    )?;
+    Ok(
+        user_categories.reduce_named("TopCategory", |_user, input, output| {
+            // Input is sorted by key: the first key with the most events wins ties.
+            let mut best: Option<(&CompactString, isize)> = None;
+            for (key, n) in input {
+                if *n > 0 && best.map(|(_, m)| *n > m).unwrap_or(true) {
+                    best = Some((*key, *n));
+                }
             }
-        }
-        if let Some((key, _)) = best {
-            output.push((key.clone(), 1isize));
-        }
-    })
+            if let Some((key, _)) = best {
+                output.push((key.clone(), 1isize));
+            }
+        }),
+    )
 }
 
 /// Metrics of the co-occurrence state on one worker, as monotone counters (the registry has
@@ -348,21 +356,26 @@ pub fn pair_metrics(
 
 /// Each product's similar-items list over `events` (the operator's output; see
 /// [`similar_item_rows`] for the table's rows). `stats` receives the changes of the
-/// co-occurrence state (see [`PairStats`]).
+/// co-occurrence state (see [`PairStats`]). Checkpointed state: the count of each
+/// `(user, product)`.
 pub fn similar_products<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
     settings: &RecommendationSettings,
     stats: impl FnMut(PairStats) + 'static,
-) -> VecCollection<'s, u64, (u64, SimilarItem<u64>)> {
+) -> Result<VecCollection<'s, u64, (u64, SimilarItem<u64>)>, BuildError> {
     let sim_config = SimilarityConfig {
         max_user_items: settings.max_user_items,
         top_k: TOP_K,
     };
-    let touches = pre_aggregate(
-        events.clone().map(|e| (e.user_id, e.product_id)),
-        "user_product",
-    );
-    similar_items(touches, &sim_config, stats)
+    let touches = ck.checkpointed(
+        "rec_touches",
+        pre_aggregate(
+            events.clone().map(|e| (e.user_id, e.product_id)),
+            "user_product",
+        ),
+    )?;
+    Ok(similar_items(touches, &sim_config, stats))
 }
 
 /// The `similar_items` rows of [`similar_products`]' lists.
@@ -378,32 +391,43 @@ pub fn similar_item_rows<'s>(
 }
 
 /// The `recommendations` rows: from `events`, the lists of [`similar_products`] and each
-/// user's top category, refreshed every `settings.refresh_epochs` epochs.
+/// user's top category, refreshed every `settings.refresh_epochs` epochs. Checkpointed
+/// state: the count of each `(user, (product, interaction))` and `(category, product)`
+/// purchase; checkpoints fall on refresh epochs only (a restore then feeds the refresh
+/// that follows exactly what it would have seen).
 pub fn recommendation_rows<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
     similar: VecCollection<'s, u64, (u64, SimilarItem<u64>)>,
     top_categories: VecCollection<'s, u64, (u64, CompactString)>,
     settings: &RecommendationSettings,
-) -> VecCollection<'s, u64, RecommendationRow> {
+) -> Result<VecCollection<'s, u64, RecommendationRow>, BuildError> {
     let r = settings.refresh_epochs;
-    let interactions = pre_aggregate(
-        events
-            .clone()
-            .map(|e| (e.user_id, (e.product_id, interaction(e.event_type)))),
-        "user_product_interaction",
-    );
-    let purchases = pre_aggregate(
-        events
-            .clone()
-            .filter(|e| e.event_type == EventType::Purchase)
-            .map(|e| (category_key(&e), e.product_id)),
-        "category_purchases",
-    );
+    ck.align_epochs(r);
+    let interactions = ck.checkpointed(
+        "rec_interactions",
+        pre_aggregate(
+            events
+                .clone()
+                .map(|e| (e.user_id, (e.product_id, interaction(e.event_type)))),
+            "user_product_interaction",
+        ),
+    )?;
+    let purchases = ck.checkpointed(
+        "rec_purchases",
+        pre_aggregate(
+            events
+                .clone()
+                .filter(|e| e.event_type == EventType::Purchase)
+                .map(|e| (category_key(&e), e.product_id)),
+            "category_purchases",
+        ),
+    )?;
     let rec_config = RecommendConfig {
         max_user_items: settings.max_user_items,
         top_k: TOP_K,
     };
-    recommend(
+    Ok(recommend(
         refresh_every(interactions, r),
         refresh_every(similar, r),
         refresh_every(top_categories, r),
@@ -415,22 +439,26 @@ pub fn recommendation_rows<'s>(
         rank: rec.rank,
         product_id: rec.item,
         score: rec.score,
-    })
+    }))
 }
+
+/// The `similar_items` and `recommendations` rows.
+pub type SimilarityTables<'s> = (
+    VecCollection<'s, u64, SimilarItemRow>,
+    VecCollection<'s, u64, RecommendationRow>,
+);
 
 /// Both tables: the `similar_items` and `recommendations` rows of `events`.
 pub fn similarity_tables<'s>(
+    ck: &mut impl Checkpoints<'s>,
     events: &VecCollection<'s, u64, Event>,
     top_categories: VecCollection<'s, u64, (u64, CompactString)>,
     settings: &RecommendationSettings,
     stats: impl FnMut(PairStats) + 'static,
-) -> (
-    VecCollection<'s, u64, SimilarItemRow>,
-    VecCollection<'s, u64, RecommendationRow>,
-) {
-    let similar = similar_products(events, settings, stats);
-    let recs = recommendation_rows(events, similar.clone(), top_categories, settings);
-    (similar_item_rows(similar), recs)
+) -> Result<SimilarityTables<'s>, BuildError> {
+    let similar = similar_products(ck, events, settings, stats)?;
+    let recs = recommendation_rows(ck, events, similar.clone(), top_categories, settings)?;
+    Ok((similar_item_rows(similar), recs))
 }
 
 #[cfg(test)]

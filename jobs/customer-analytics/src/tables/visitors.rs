@@ -1,5 +1,6 @@
 //! `daily_visitors`: per UTC day, distinct visitors, distinct sessions and events.
 
+use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::time::{day_of, Day, UtcDay};
 use cap_operators::distinct::distinct_count;
 use cap_operators::local::pre_aggregate;
@@ -17,24 +18,33 @@ enum DailyMetric {
     Sessions,
 }
 
-/// The `daily_visitors` rows of `clicks`.
+/// The `daily_visitors` rows of `clicks`. Checkpointed state: events per day, and the
+/// distinct `(day, user)` and `(day, session)` pairs.
 pub fn daily_visitors<'s>(
+    ck: &mut impl Checkpoints<'s>,
     clicks: &VecCollection<'s, u64, Click>,
-) -> VecCollection<'s, u64, DailyVisitorsRow> {
-    let events_per_day = pre_aggregate(clicks.clone().map(|c| day_of(c.time)), "events_per_day")
+) -> Result<VecCollection<'s, u64, DailyVisitorsRow>, BuildError> {
+    let days = ck.checkpointed(
+        "events_per_day",
+        pre_aggregate(clicks.clone().map(|c| day_of(c.time)), "events_per_day"),
+    )?;
+    let events_per_day = days
         .count()
         .map(|(day, n)| (day, (DailyMetric::Events, n as u64)));
-    let visitors = distinct_count(pre_aggregate(
-        clicks.clone().map(|c| (day_of(c.time), c.user)),
+    let day_users = ck.checkpointed(
         "day_user",
-    ))
-    .map(|(day, n)| (day, (DailyMetric::Visitors, n)));
-    let session_days = pre_aggregate(
-        clicks
-            .clone()
-            .flat_map(|c| c.session.map(|s| (day_of(c.time), s))),
+        pre_aggregate(clicks.clone().map(|c| (day_of(c.time), c.user)), "day_user"),
+    )?;
+    let visitors = distinct_count(day_users).map(|(day, n)| (day, (DailyMetric::Visitors, n)));
+    let session_days = ck.checkpointed(
         "day_session",
-    );
+        pre_aggregate(
+            clicks
+                .clone()
+                .flat_map(|c| c.session.map(|s| (day_of(c.time), s))),
+            "day_session",
+        ),
+    )?;
     let sessions = distinct_count(session_days).map(|(day, n)| (day, (DailyMetric::Sessions, n)));
     let daily = events_per_day
         .concat(visitors)
@@ -58,5 +68,5 @@ pub fn daily_visitors<'s>(
             }
             output.push((row, 1isize));
         });
-    daily.map(|(_day, row)| row)
+    Ok(daily.map(|(_day, row)| row))
 }
