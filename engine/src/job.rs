@@ -423,6 +423,10 @@ impl<'s> Dataflow<'s> {
     }
 
     /// The fingerprint of the checkpointed part of the dataflow.
+    /// The fingerprint of the checkpointed part of the dataflow: each checkpointed
+    /// collection's name and types, and a digest of the job's `[job]` settings (windows,
+    /// thresholds and schedules shape the state, so a checkpoint is only restored under the
+    /// settings that wrote it).
     fn fingerprint(&self) -> String {
         let mut names: Vec<String> = self
             .checkpointed
@@ -430,6 +434,8 @@ impl<'s> Dataflow<'s> {
             .map(|(n, t)| format!("{n}:{t}"))
             .collect();
         names.sort();
+        let settings = toml::to_string(&self.layers.table_at("job")).unwrap_or_default();
+        names.push(format!("[job]:{:016x}", fnv1a64(settings.as_bytes())));
         names.join(",")
     }
 
@@ -451,7 +457,7 @@ impl<'s> Dataflow<'s> {
                 return Err(BuildError::Restore {
                     checkpoint: dir.display().to_string(),
                     reason: format!(
-                        "it was written by a dataflow checkpointing [{}], this one checkpoints [{fingerprint}]",
+                        "it was written by a dataflow checkpointing [{}], this one checkpoints [{fingerprint}] (collection:types, and a digest of the [job] settings: run with the settings that wrote it, or start over with --fresh)",
                         manifest.fingerprint
                     ),
                 });
@@ -486,6 +492,13 @@ impl<'s> Dataflow<'s> {
         }
         Ok(())
     }
+}
+
+/// FNV-1a, 64 bits: a digest that stays the same across builds and platforms.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
