@@ -514,18 +514,36 @@ impl<D: MessageDecoder> KafkaSource<D> {
         parts: &[(usize, i32)],
     ) -> Result<Vec<(i64, Option<i64>)>, SourceError> {
         let timeout = self.timeout();
+        let deadline = Instant::now() + timeout;
         let mut marks = Vec::with_capacity(parts.len());
         for &(ti, p) in parts {
             let topic = &self.topics[ti].name;
-            let (lo, hi) = consumer.fetch_watermarks(topic, p, timeout).map_err(|e| {
-                self.error(explain(
-                    format!(
-                        "cannot read the offsets of {topic}/{p} on {}: {e}",
-                        self.config.brokers
-                    ),
-                    consumer.context().shared.problems.reason(),
-                ))
-            })?;
+            // Short tries until the deadline: a broker that lost one request (seen with
+            // tansu after a client was killed mid-request) answers the next one.
+            let (lo, hi) = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let tried = consumer.fetch_watermarks(
+                    topic,
+                    p,
+                    left.clamp(Duration::from_millis(100), Duration::from_secs(2)),
+                );
+                match tried {
+                    Ok(marks) => break marks,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(self.error(explain(
+                            format!(
+                                "cannot read the offsets of {topic}/{p} on {}: {e} (waited {} ms, sources.{}.metadata_timeout_ms)",
+                                self.config.brokers, self.config.metadata_timeout_ms, self.name
+                            ),
+                            consumer.context().shared.problems.reason(),
+                        )))
+                    }
+                    Err(e) => {
+                        warn!(source = %self.name, partition = %format!("{topic}/{p}"), brokers = %self.config.brokers, reason = %e, "kafka source: cannot read the partition's offsets yet; retrying");
+                        let _ = consumer.poll(Duration::from_millis(100));
+                    }
+                }
+            };
             marks.push((lo, hi));
         }
         let mut tpl = TopicPartitionList::new();
