@@ -182,7 +182,8 @@ where
                         let started = Instant::now();
                         let snapshot: Vec<(D, R)> =
                             state.iter().map(|(d, r)| (d.clone(), r.clone())).collect();
-                        metrics.pause.record(started.elapsed());
+                        let pause = started.elapsed();
+                        metrics.pause.record(pause);
                         metrics
                             .records
                             .set(i64::try_from(snapshot.len()).unwrap_or(i64::MAX));
@@ -191,8 +192,12 @@ where
                         let spawned = std::thread::Builder::new()
                             .name(format!("cap-ckpt-{worker}"))
                             .spawn(move || {
-                                store::write_part(&dir, &part_name, worker, &snapshot)
-                                    .map_err(|e| e.to_string())
+                                let mut part =
+                                    store::write_part(&dir, &part_name, worker, &snapshot)
+                                        .map_err(|e| e.to_string())?;
+                                part.pause_us =
+                                    u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
+                                Ok(part)
                             });
                         match spawned {
                             Ok(h) => writing.push((b.delayed(&epoch), h)),
@@ -411,6 +416,7 @@ pub(crate) fn manifest_writer<'s>(
                                 parts = manifest.parts.len(),
                                 records = manifest.parts.iter().map(|p| p.records).sum::<u64>(),
                                 bytes = manifest.bytes(),
+                                pause_us = manifest.worker_pause_us(),
                                 ms = since.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0),
                                 "checkpoint written"
                             );

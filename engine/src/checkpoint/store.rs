@@ -41,6 +41,10 @@ pub struct PartMeta {
     pub bytes: u64,
     /// CRC-32 (IEEE) of the file.
     pub crc32: u32,
+    /// How long the worker stopped to copy its share of the state, in microseconds (the
+    /// checkpoint's only pause of the dataflow; compressing and writing run off-thread).
+    #[serde(default)]
+    pub pause_us: u64,
 }
 
 /// `MANIFEST.json`: a complete checkpoint.
@@ -69,6 +73,16 @@ impl Manifest {
     /// Total bytes of the parts.
     pub fn bytes(&self) -> u64 {
         self.parts.iter().map(|p| p.bytes).sum()
+    }
+
+    /// The longest a worker stopped for this checkpoint: per worker, the sum of its parts'
+    /// pauses, in microseconds.
+    pub fn worker_pause_us(&self) -> u64 {
+        let mut per_worker: std::collections::BTreeMap<usize, u64> = Default::default();
+        for p in &self.parts {
+            *per_worker.entry(p.worker).or_default() += p.pause_us;
+        }
+        per_worker.into_values().max().unwrap_or(0)
     }
 }
 
@@ -190,6 +204,7 @@ pub fn write_part<D: Serialize>(
         records: count,
         bytes,
         crc32,
+        pause_us: 0,
     })
 }
 
