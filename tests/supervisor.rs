@@ -17,12 +17,11 @@
 //! again after the crash, which hides a different cut); `engine/tests/restore.rs` is the
 //! test that fails then.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use cap_tests::supervise::{newest_checkpoint, supervise_with_kills, KillWhen};
 use cap_tests::{folded_and_snapshot, generate_csv, job_binary, run_on_csv, snapshot_tables};
 
 /// Lines in every worker log of the newest run under `state`.
@@ -38,112 +37,9 @@ fn logged_epochs(state: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// The newest epoch with a complete checkpoint (a manifest) under `state`.
-fn newest_checkpoint(state: &Path) -> Option<u64> {
-    std::fs::read_dir(state.join("checkpoints"))
-        .ok()?
-        .flatten()
-        .filter(|e| e.path().join("MANIFEST.json").is_file())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("ckpt-")?.parse().ok()
-        })
-        .max()
-}
-
-/// When to kill the running process: given the state directory and the checkpoint epoch
-/// seen at the previous kill.
-type KillWhen = fn(&Path, Option<u64>) -> bool;
-
-/// Runs `supervise` over `csv` into `out` with `extra` flags, kills the running process
-/// `kills` times with SIGKILL, each once `when` says so, and returns the supervisor's log.
-fn supervise_with_kills(
-    csv: &Path,
-    out: &Path,
-    extra: &[&str],
-    kills: usize,
-    when: KillWhen,
-) -> Result<String> {
-    let bin = job_binary()?;
-    let mut sup = Command::new(&bin)
-        .args(["supervise", "--backoff-ms", "200", "--input"])
-        .arg(csv)
-        .arg("--output")
-        .arg(out)
-        .args([
-            "--workers",
-            "2",
-            "--epoch-records",
-            "100000",
-            "--no-console",
-        ])
-        // Epochs of 3 ms (the record limit is out of reach): cut by timing.
-        .args(["--epoch-ms", "3"])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {} supervise", bin.display()))?;
-    let stderr = sup.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let mut pid: Option<u32> = None;
-    let state = out.join("_state");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut killed = 0;
-    let mut seen_at_kill: Option<u64> = None;
-    let status = loop {
-        while let Ok(line) = rx.try_recv() {
-            if line.contains("supervise: process started") {
-                pid = line
-                    .split("pid=")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                    .and_then(|s| s.parse().ok());
-            }
-            log.push(line);
-        }
-        if killed < kills && pid.is_some() && when(&state, seen_at_kill) {
-            let p = pid.take().context("no `process started` line with a pid")?;
-            let ok = Command::new("kill")
-                .args(["-9", &p.to_string()])
-                .status()?
-                .success();
-            ensure!(ok, "kill -9 {p} failed");
-            killed += 1;
-            seen_at_kill = newest_checkpoint(&state);
-        }
-        if let Some(status) = sup.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = sup.kill();
-            bail!("the supervisor did not finish in time:\n{}", log.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = reader.join();
-    log.extend(rx.try_iter());
-    let text = log.join("\n");
-    ensure!(
-        killed == kills,
-        "the run ended after {killed} of {kills} kills:\n{text}"
-    );
-    ensure!(status.success(), "supervise failed ({status}):\n{text}");
-    ensure!(
-        text.matches("was killed by signal 9").count() == kills && text.contains("restarting"),
-        "not {kills} restarts in the log:\n{text}"
-    );
-    ensure!(
-        text.contains("file sink resumed"),
-        "the restart did not resume the file sinks:\n{text}"
-    );
-    Ok(text)
+/// The flags that read `csv`.
+fn input_args(csv: &Path) -> Vec<String> {
+    vec!["--input".into(), csv.display().to_string()]
 }
 
 /// Every table of `out` equals that of `straight`, and its changelog holds each epoch once,
@@ -195,7 +91,13 @@ fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() ->
     let out = dir.path().join("supervised");
     // No checkpoint before the end: the restart replays the epoch log from the start.
     let when: KillWhen = |state, _| logged_epochs(state) >= 10;
-    let text = supervise_with_kills(&csv, &out, &["--checkpoint-ms", "600000"], 1, when)?;
+    let text = supervise_with_kills(
+        &input_args(&csv),
+        &out,
+        &["--checkpoint-ms", "600000"],
+        1,
+        when,
+    )?;
     ensure!(
         text.contains("replaying the epoch log from the start"),
         "the restart did not replay the log:\n{text}"
@@ -206,14 +108,20 @@ fn a_killed_process_is_restarted_and_the_outputs_equal_an_uninterrupted_run() ->
 #[test]
 fn restarts_from_checkpoints_after_several_kills_equal_an_uninterrupted_run() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let csv = generate_csv(dir.path(), 200_000, 29, &[])?;
+    let csv = generate_csv(dir.path(), 120_000, 29, &[])?;
     let straight = dir.path().join("straight");
     run_on_csv(&csv, &straight, "2", "300", &[])?;
     let out = dir.path().join("supervised");
     // Each kill comes once a checkpoint newer than the one seen at the previous kill is
     // complete, so every restart restores a checkpoint and replays only the epochs after it.
     let when: KillWhen = |state, before| newest_checkpoint(state) > before;
-    let text = supervise_with_kills(&csv, &out, &["--checkpoint-ms", "150"], 3, when)?;
+    let text = supervise_with_kills(
+        &input_args(&csv),
+        &out,
+        &["--checkpoint-ms", "150"],
+        3,
+        when,
+    )?;
     ensure!(
         text.matches("restoring").count() >= 3,
         "not every restart restored a checkpoint:\n{text}"

@@ -24,6 +24,7 @@ use serde_json::Value;
 pub mod batch_aggregates;
 pub mod batch_clusters;
 pub mod kafka_read;
+pub mod supervise;
 pub mod tansu;
 
 /// The `customer-analytics` binary of this build, rebuilt first with the workspace build
