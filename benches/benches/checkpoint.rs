@@ -106,7 +106,8 @@ fn main() -> anyhow::Result<()> {
         checkpointed.rate()
     );
     let ckpt_root = state.join("checkpoints");
-    let epochs = store::list(&ckpt_root)?;
+    let mut epochs = store::list(&ckpt_root)?;
+    epochs.sort_unstable();
     let manifests: Vec<Manifest> = epochs
         .iter()
         .map(|e| read_manifest(&store::checkpoint_dir(&ckpt_root, *e)))
