@@ -53,7 +53,7 @@ const FEED_BATCH: usize = 65_536;
 const POLL: Duration = Duration::from_millis(2);
 
 /// The marks of checkpoint epochs: worker 0 marks the first epoch it closes after each
-/// interval, and its last epoch (only epochs `e` with `e % align == align - 1`, see
+/// interval, and every worker its last epoch (only epochs `e` with `e % align == align - 1`, see
 /// `Dataflow::align_epochs`); every worker's clock holds the marks' frontier at its own
 /// open epoch, so a checkpoint operator knows whether an epoch is marked once the frontier
 /// has passed it.
@@ -77,7 +77,10 @@ pub(crate) fn checkpoint_clock<'s>(
                 let clock = clock.borrow();
                 let current = clock.current();
                 let finished = clock.sources_finished();
-                if marker {
+                // Worker 0 marks by interval; every worker marks its own last epoch when its
+                // sources end (workers end at different epochs: the greatest of these marks
+                // is the run's last epoch, so the run's end is always checkpointed).
+                if marker || finished {
                     // The latest epoch this worker closed: marked when the interval has passed,
                     // and always when the sources have ended (their last epoch is `current`).
                     let closed = if finished {
