@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use cap_tests::kafka_read::{python_reader, read_topic};
+use cap_tests::kafka_read::{python_reader, read_topic, replay};
 use cap_tests::supervise::{newest_checkpoint, supervise_with_kills, KillWhen};
 use cap_tests::tansu::Tansu;
-use cap_tests::{generate_csv, run_job, run_on_csv, snapshot_tables};
+use cap_tests::{generate_csv, run_on_csv, snapshot_tables};
 
 /// A config file binding the clickstream to `topic` (read to its end) and every table to
 /// changelog topics prefixed `chaos.`.
@@ -63,22 +63,7 @@ fn kills_during_a_kafka_fed_run_leave_every_topic_equal_to_an_uninterrupted_run(
     let csv = generate_csv(dir.path(), 60_000, 31, &[])?;
     let files = dir.path().join("files");
     run_on_csv(&csv, &files, "2", "300", &[])?;
-    run_job(&[
-        "replay",
-        "--brokers",
-        &broker.brokers,
-        "--topic",
-        "clicks",
-        "--input",
-        csv.to_str().context("path")?,
-        "--format",
-        "json",
-        "--key-field",
-        "user_id",
-        "--create-partitions",
-        "3",
-        "--no-progress",
-    ])?;
+    replay(&broker.brokers, "clicks", &csv, "json", "3")?;
 
     let config = kafka_config(dir.path(), &broker.brokers, "clicks")?;
     let out = dir.path().join("chaos");

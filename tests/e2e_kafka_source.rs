@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use cap_tests::kafka_read::replay;
 use cap_tests::tansu::Tansu;
 use cap_tests::{append_lines, field_text, generate_csv, job_binary, read_jsonl, run_job};
 use serde_json::Value;
@@ -44,27 +45,6 @@ fn split(csv: &Path, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     append_lines(&a, &BAD[..2])?;
     append_lines(&b, &BAD[2..])?;
     Ok((a, b))
-}
-
-/// Replays `file` into `topic` with the `replay` command.
-fn replay(brokers: &str, topic: &str, file: &Path, format: &str, partitions: &str) -> Result<()> {
-    run_job(&[
-        "replay",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--input",
-        file.to_str().context("path")?,
-        "--format",
-        format,
-        "--key-field",
-        "user_id",
-        "--create-partitions",
-        partitions,
-        "--no-progress",
-    ])?;
-    Ok(())
 }
 
 /// A config file binding the clickstream to the two topics, read to their end.

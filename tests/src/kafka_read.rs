@@ -218,3 +218,30 @@ pub fn topic_config(brokers: &str, topic: &str, name: &str) -> Result<Option<Str
     }
     Ok(None)
 }
+
+/// Replays `file` into `topic` with the `replay` command.
+pub fn replay(
+    brokers: &str,
+    topic: &str,
+    file: &Path,
+    format: &str,
+    partitions: &str,
+) -> Result<()> {
+    crate::run_job(&[
+        "replay",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--input",
+        file.to_str().context("path")?,
+        "--format",
+        format,
+        "--key-field",
+        "user_id",
+        "--create-partitions",
+        partitions,
+        "--no-progress",
+    ])?;
+    Ok(())
+}
