@@ -108,10 +108,15 @@ fn main() -> anyhow::Result<()> {
     let ckpt_root = state.join("checkpoints");
     let mut epochs = store::list(&ckpt_root)?;
     epochs.sort_unstable();
-    let manifests: Vec<Manifest> = epochs
-        .iter()
-        .map(|e| read_manifest(&store::checkpoint_dir(&ckpt_root, *e)))
-        .collect::<anyhow::Result<_>>()?;
+    let mut manifests: Vec<Manifest> = Vec::new();
+    for e in &epochs {
+        let dir = store::checkpoint_dir(&ckpt_root, *e);
+        if dir.join(store::MANIFEST).exists() {
+            manifests.push(read_manifest(&dir)?);
+        } else {
+            println!("  checkpoint at epoch {e:>5}: partial (no manifest): a defect in an uninterrupted run");
+        }
+    }
     for m in &manifests {
         println!(
             "  checkpoint at epoch {:>5}: {:>10} records {:>8.1} MiB  longest worker pause {:>7.1} ms",

@@ -59,6 +59,8 @@ const LAG_INTERVAL: Duration = Duration::from_millis(500);
 pub struct EpochClock {
     current: u64,
     records: u64,
+    /// Records read by this worker in this run.
+    read: u64,
     opened: Instant,
     epoch_records: u64,
     epoch_ms: u64,
@@ -84,6 +86,7 @@ impl EpochClock {
         EpochClock {
             current: 0,
             records: 0,
+            read: 0,
             opened: Instant::now(),
             epoch_records,
             epoch_ms,
@@ -110,6 +113,11 @@ impl EpochClock {
     /// Whether the open epoch is cut by the replay plan.
     pub fn replaying(&self) -> bool {
         self.replay_through.is_some_and(|t| self.current <= t)
+    }
+
+    /// Whether this worker has read any record in this run.
+    pub fn read_any(&self) -> bool {
+        self.read > 0
     }
 
     /// Whether every source operator of the worker has ended (and at least one exists).
@@ -152,6 +160,7 @@ impl EpochClock {
     /// Records that `n` records were read into the open epoch; closes it when full.
     fn note(&mut self, n: u64) {
         self.records += n;
+        self.read += n;
         self.maybe_close();
     }
 

@@ -156,8 +156,15 @@ impl<'s> Dataflow<'s> {
                 }
             })?;
         let align = Rc::new(std::cell::Cell::new(1u64));
+        let probe = ProbeHandle::new();
         let marks = recovery.config.interval().map(|interval| {
-            checkpoint_clock(scope, Rc::clone(&clock), interval, Rc::clone(&align))
+            checkpoint_clock(
+                scope,
+                Rc::clone(&clock),
+                interval,
+                Rc::clone(&align),
+                probe.clone(),
+            )
         });
         Ok(Dataflow {
             scope,
@@ -168,7 +175,7 @@ impl<'s> Dataflow<'s> {
             registry,
             clock,
             log: Rc::new(RefCell::new(log)),
-            probe: ProbeHandle::new(),
+            probe,
             live,
             declared,
             sunk: Vec::new(),

@@ -20,7 +20,17 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
 
 const PARTITIONS: usize = 5;
-const PER_PARTITION: u64 = 3_000;
+
+/// Items of partition `p`: the odd partitions (worker 1's of two) are the longest, so worker
+/// 1's sources end epochs after worker 0's and the run's last epoch is one only worker 1
+/// marks.
+fn partition_len(p: usize) -> u64 {
+    if p % 2 == 1 {
+        4_500
+    } else {
+        2_000
+    }
+}
 
 /// One item: adds (or, every fourth, retracts the add three before it) a (key, bucket) pair.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -80,11 +90,12 @@ impl SourcePartition<Item> for Part {
         budget: usize,
         out: &mut Vec<SourceRecord<Item>>,
     ) -> Result<Polled, SourceError> {
-        if self.next >= PER_PARTITION {
+        let len = partition_len(self.p);
+        if self.next >= len {
             return Ok(Polled::Exhausted);
         }
         // Small polls, so that epochs close at many different cuts.
-        let stop = PER_PARTITION.min(self.next + budget.min(37) as u64);
+        let stop = len.min(self.next + budget.min(37) as u64);
         for n in self.next..stop {
             out.push(SourceRecord {
                 position: n,
@@ -316,7 +327,7 @@ fn oracle() -> Oracle {
     let mut pairs: BTreeMap<(u32, u8), isize> = BTreeMap::new();
     let mut sums: BTreeMap<u8, (isize, isize)> = BTreeMap::new();
     for p in 0..PARTITIONS {
-        for n in 0..PER_PARTITION {
+        for n in 0..partition_len(p) {
             let it = item(p, n);
             *pairs.entry((it.key, it.bucket)).or_default() += if it.add { 1 } else { -1 };
             let s = sums.entry(it.bucket).or_default();
@@ -446,6 +457,21 @@ fn restarts_on_any_worker_count_republish_the_same_epochs_and_end_equal() {
     );
     let checkpoints = store::list(&state.join("checkpoints")).unwrap();
     assert!(checkpoints.len() >= 3, "expected several checkpoints");
+    // An uninterrupted run leaves only complete checkpoints, the last at the run's last
+    // aligned epoch (worker 1's, marked by worker 1 alone).
+    for e in &checkpoints {
+        let dir = store::checkpoint_dir(&state.join("checkpoints"), *e);
+        assert!(
+            dir.join(store::MANIFEST).exists(),
+            "checkpoint of epoch {e} has no manifest"
+        );
+    }
+    let last_aligned = last_epoch - (last_epoch + 1) % ALIGN;
+    assert_eq!(
+        checkpoints.iter().max(),
+        Some(&last_aligned),
+        "the run's last aligned epoch is not checkpointed"
+    );
     assert!(
         checkpoints.iter().all(|e| e % ALIGN == ALIGN - 1),
         "checkpoints off the aligned epochs: {checkpoints:?}"

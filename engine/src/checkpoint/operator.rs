@@ -52,16 +52,24 @@ const FEED_BATCH: usize = 65_536;
 /// How often an operator waiting for a writer thread looks again.
 const POLL: Duration = Duration::from_millis(2);
 
-/// The marks of checkpoint epochs: worker 0 marks the first epoch it closes after each
-/// interval, and every worker its last epoch (only epochs `e` with `e % align == align - 1`, see
-/// `Dataflow::align_epochs`); every worker's clock holds the marks' frontier at its own
-/// open epoch, so a checkpoint operator knows whether an epoch is marked once the frontier
-/// has passed it.
+/// The marks of checkpoint epochs (only epochs `e` with `e % align == align - 1`, see
+/// `Dataflow::align_epochs`):
+/// - worker 0 marks, once per interval, the latest epoch it has closed; once its own sources
+///   have ended, the latest epoch every sink has published (`outputs`), since the other
+///   workers' sources may run on;
+/// - every worker that read records marks its own last aligned epoch when its sources end
+///   (workers end at different epochs: the greatest of these is the run's last aligned
+///   epoch, so the run's end is checkpointed; a bounded input may so end with one checkpoint
+///   per worker).
+///
+/// Every worker's clock holds the marks' frontier at the least epoch it may still mark, so a
+/// checkpoint operator knows whether an epoch is marked once the frontier has passed it.
 pub(crate) fn checkpoint_clock<'s>(
     scope: Scope<'s, u64>,
     clock: Rc<RefCell<EpochClock>>,
     interval: Duration,
     align: Rc<std::cell::Cell<u64>>,
+    outputs: ProbeHandle<u64>,
 ) -> StreamVec<'s, u64, u64> {
     let marker = scope.index() == 0;
     source::<_, CapacityContainerBuilder<Vec<u64>>, _, _>(
@@ -77,33 +85,56 @@ pub(crate) fn checkpoint_clock<'s>(
                 let clock = clock.borrow();
                 let current = clock.current();
                 let finished = clock.sources_finished();
-                // Worker 0 marks by interval; every worker marks its own last epoch when its
-                // sources end (workers end at different epochs: the greatest of these marks
-                // is the run's last epoch, so the run's end is always checkpointed).
-                if marker || finished {
-                    // The latest epoch this worker closed: marked when the interval has passed,
-                    // and always when the sources have ended (their last epoch is `current`).
+                let a = align.get().max(1);
+                let markable = |e: &u64| *e >= *c.time() && e % a == a - 1;
+                // The greatest aligned epoch up to `e`.
+                let aligned_down = |e: u64| (e + 1).checked_sub((e + 1) % a + 1);
+                // The least epoch every sink has yet to publish (None: all published).
+                let published = || outputs.with_frontier(|f| f.iter().min().copied());
+                let mut marks = Vec::new();
+                // A worker that read nothing (no partitions) has no last epoch of its own.
+                if finished && clock.read_any() {
+                    marks.extend(aligned_down(current).filter(markable));
+                }
+                if marker && last.elapsed() >= interval {
                     let closed = if finished {
-                        Some(current)
+                        published().and_then(|t| t.checked_sub(1))
                     } else {
                         current.checked_sub(1)
                     };
-                    let a = align.get().max(1);
-                    let aligned = closed.filter(|&e| e >= *c.time() && e % a == a - 1);
-                    if let Some(e) = aligned {
-                        if (finished || last.elapsed() >= interval) && marked != Some(e) {
-                            output.session(&c.delayed(&e)).give(e);
-                            marked = Some(e);
-                            last = Instant::now();
-                        }
+                    if let Some(e) = closed.and_then(aligned_down).filter(markable) {
+                        marks.push(e);
+                        last = Instant::now();
                     }
                 }
-                if finished {
-                    cap = None;
-                    return;
+                marks.sort_unstable();
+                marks.dedup();
+                for e in marks {
+                    if marked.is_none_or(|m| e > m) {
+                        output.session(&c.delayed(&e)).give(e);
+                        marked = Some(e);
+                    }
                 }
-                if current > *c.time() {
-                    c.downgrade(&current);
+                // The least epoch this worker may still mark (epochs only grow).
+                let hold = if !finished {
+                    let least = if marker {
+                        current.checked_sub(1)
+                    } else {
+                        Some(current)
+                    };
+                    Some(least.and_then(aligned_down).unwrap_or(0))
+                } else if marker {
+                    published().map(|p| p.checked_sub(1).and_then(aligned_down).unwrap_or(0))
+                } else {
+                    None
+                };
+                match hold {
+                    None => {
+                        cap = None;
+                        return;
+                    }
+                    Some(h) if h > *c.time() => c.downgrade(&h),
+                    Some(_) => {}
                 }
                 activator.activate_after(Duration::from_millis(5));
             }
@@ -338,10 +369,12 @@ pub(crate) fn manifest_writer<'s>(
         None => timely::dataflow::operators::generic::operator::empty(scope),
     };
     let parts = all.fold(first, |acc, s| acc.concat(s));
+    // Every worker's marks go to worker 0: each worker marks its own last epoch, which
+    // worker 0 may not have marked.
     parts.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
         marks,
         Exchange::new(|_: &PartDone| 0),
-        Pipeline,
+        Exchange::new(|_: &u64| 0),
         "CheckpointManifest",
         move |cap, info| {
             let activator = scope.activator_for(info.address);
@@ -434,8 +467,13 @@ pub(crate) fn manifest_writer<'s>(
                         }
                     }
                 }
-                // Parts of epochs never marked cannot exist; drop anything stale.
-                received.retain(|t, _| parts_frontier.less_equal(t) || marked.contains(t));
+                // Parts of an epoch can arrive before its mark: keep them until both frontiers
+                // have passed the epoch without a mark (which cannot happen; drop it then).
+                received.retain(|t, _| {
+                    parts_frontier.less_equal(t)
+                        || marks_frontier.less_equal(t)
+                        || marked.contains(t)
+                });
                 if !marked.is_empty() {
                     // Waiting for the sinks, which do not wake this operator.
                     activator.activate_after(POLL);
