@@ -7,8 +7,10 @@
 //! ```
 //! Reports, for the same generated events:
 //! - events/s without checkpoints and with one every `--interval-ms`, and the overhead;
-//! - per checkpoint: its epoch, records, bytes and the longest a worker stopped to copy its
-//!   state (the only pause; compressing and writing run off-thread), from the manifests;
+//! - per checkpoint: its epoch, the records and bytes it wrote (deltas, and the bases of
+//!   chains folded), the records and bytes a restore from it reads (its chains), and the
+//!   longest a worker stopped to hand its changes over (the only pause; compressing and
+//!   writing run off-thread), from the manifests;
 //! - the newest checkpoint's bytes per customer (customers: distinct users of the input,
 //!   counted by a separate pass over the generator);
 //! - restart to caught-up: the wall time of a run restoring the newest checkpoint (at the
@@ -118,9 +120,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     for m in &manifests {
+        let written: Vec<_> = m.parts.iter().filter(|p| p.stored_in.is_none()).collect();
         println!(
-            "  checkpoint at epoch {:>5}: {:>10} records {:>8.1} MiB  longest worker pause {:>7.1} ms",
+            "  checkpoint at epoch {:>5}: wrote {:>10} records {:>8.1} MiB ({} bases); a restore reads {:>10} records {:>8.1} MiB; longest worker pause {:>7.3} ms",
             m.epoch,
+            written.iter().map(|p| p.records).sum::<u64>(),
+            m.written_bytes() as f64 / f64::from(1 << 20),
+            written.iter().filter(|p| !p.delta).count(),
             m.parts.iter().map(|p| p.records).sum::<u64>(),
             m.bytes() as f64 / f64::from(1 << 20),
             m.worker_pause_us() as f64 / 1000.0

@@ -43,7 +43,8 @@ use crate::metrics::CheckpointMetrics;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PartDone {
     pub epoch: u64,
-    pub part: Result<PartMeta, String>,
+    /// The parts of one collection's share on one worker: a base and the deltas since.
+    pub part: Result<Vec<PartMeta>, String>,
 }
 
 /// Records the restore feed gives per activation.
@@ -142,8 +143,11 @@ pub(crate) fn checkpoint_clock<'s>(
     )
 }
 
-/// Applies one update to a consolidated state.
-fn apply<D: std::hash::Hash + Eq, R: Semigroup>(state: &mut HashMap<D, R>, d: D, r: R) {
+/// A consolidated set of updates (record -> difference).
+type Consolidated<D, R> = HashMap<D, R, foldhash::fast::FixedState>;
+
+/// Applies one update to a consolidated set.
+fn apply<D: std::hash::Hash + Eq, R: Semigroup>(state: &mut Consolidated<D, R>, d: D, r: R) {
     match state.entry(d) {
         Entry::Occupied(mut o) => {
             o.get_mut().plus_equals(&r);
@@ -159,8 +163,122 @@ fn apply<D: std::hash::Hash + Eq, R: Semigroup>(state: &mut HashMap<D, R>, d: D,
     }
 }
 
-/// Keeps `collection` consolidated and writes this worker's share of it at every marked
-/// epoch into `<root>/ckpt-<epoch>/<name>.w<worker>.part`.
+/// What a checkpoint operator hands its writer at a marked epoch.
+struct WriteJob<D, R> {
+    epoch: u64,
+    changes: Consolidated<D, R>,
+    pause_us: u64,
+}
+
+/// One checkpointed collection's writer on one worker: a thread that writes each marked
+/// epoch's changes as a delta part, and keeps the chain of parts (a base, then deltas)
+/// whose sum is the worker's share. When the deltas hold as many records as the base, it
+/// folds the chain into a new base instead (reading the earlier parts back), so a restore
+/// reads at most about twice the share.
+struct PartWriter<D, R> {
+    root: PathBuf,
+    name: String,
+    worker: usize,
+    /// (epoch of the checkpoint directory, part), base first.
+    chain: Vec<(u64, PartMeta)>,
+    /// Changes whose part could not be written: they go into the next part.
+    unwritten: Consolidated<D, R>,
+}
+
+impl<D, R> PartWriter<D, R>
+where
+    D: ExchangeData + std::hash::Hash,
+    R: ExchangeData + Semigroup,
+{
+    /// Writes one epoch's part; returns the parts of the checkpoint, as its manifest lists them.
+    fn write(&mut self, job: WriteJob<D, R>) -> Result<Vec<PartMeta>, String> {
+        let WriteJob {
+            epoch,
+            mut changes,
+            pause_us,
+        } = job;
+        for (d, r) in std::mem::take(&mut self.unwritten) {
+            apply(&mut changes, d, r);
+        }
+        let base = self.chain.first().map_or(0, |(_, p)| p.records);
+        let deltas: u64 = self.chain.iter().skip(1).map(|(_, p)| p.records).sum();
+        let dir = store::checkpoint_dir(&self.root, epoch);
+        let part = if self.chain.is_empty() {
+            // The first part of a run holds everything since it started (a restored run's
+            // checkpointed collections start with the restored state): a base.
+            self.write_part(&dir, &changes, false)
+                .inspect_err(|_| self.unwritten = changes)?
+        } else if deltas + changes.len() as u64 >= base {
+            // Fold the chain and the changes into a new base.
+            let mut whole = match self.read_chain() {
+                Ok(w) => w,
+                Err(e) => {
+                    self.unwritten = changes;
+                    return Err(e);
+                }
+            };
+            for (d, r) in changes {
+                apply(&mut whole, d, r);
+            }
+            match self.write_part(&dir, &whole, false) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The next part is a base of all of it.
+                    self.chain.clear();
+                    self.unwritten = whole;
+                    return Err(e);
+                }
+            }
+        } else {
+            self.write_part(&dir, &changes, true)
+                .inspect_err(|_| self.unwritten = changes)?
+        };
+        let part = PartMeta { pause_us, ..part };
+        if !part.delta {
+            self.chain.clear();
+        }
+        self.chain.push((epoch, part));
+        Ok(self
+            .chain
+            .iter()
+            .map(|(e, p)| PartMeta {
+                stored_in: (*e != epoch).then_some(*e),
+                ..p.clone()
+            })
+            .collect())
+    }
+
+    /// The sum of the chain's parts (the share as of the last part), read back.
+    fn read_chain(&self) -> Result<Consolidated<D, R>, String> {
+        let mut whole = Consolidated::default();
+        for (e, part) in &self.chain {
+            let dir = store::checkpoint_dir(&self.root, *e);
+            let records = store::read_part::<(D, R)>(&dir, part)
+                .map_err(|e| format!("cannot fold the earlier parts into a new base: {e}"))?;
+            for (d, r) in records {
+                apply(&mut whole, d, r);
+            }
+        }
+        Ok(whole)
+    }
+
+    fn write_part(
+        &self,
+        dir: &std::path::Path,
+        changes: &Consolidated<D, R>,
+        delta: bool,
+    ) -> Result<PartMeta, String> {
+        let records: Vec<(&D, &R)> = changes.iter().collect();
+        let mut part = store::write_part(dir, &self.name, self.worker, &records)
+            .map_err(|e| e.to_string())?;
+        part.delta = delta;
+        Ok(part)
+    }
+}
+
+/// Keeps the changes of `collection` since the last checkpoint, consolidated, and hands them
+/// at every marked epoch to its writer thread, which writes this worker's part into
+/// `<root>/ckpt-<epoch>/<name>.w<worker>.part` (see [`PartWriter`]).
 pub(crate) fn checkpoint_collection<'s, D, R>(
     collection: VecCollection<'s, u64, D, R>,
     marks: StreamVec<'s, u64, u64>,
@@ -186,11 +304,11 @@ where
             move |cap, info| {
                 let activator = scope.activator_for(info.address);
                 let mut base: Option<Capability<u64>> = Some(cap);
-                let mut state: HashMap<D, R> = HashMap::new();
+                let mut changes: Consolidated<D, R> = Consolidated::default();
                 let mut pending: BTreeMap<u64, Vec<(D, R)>> = BTreeMap::new();
                 let mut marked: BTreeSet<u64> = BTreeSet::new();
-                type Writing = (Capability<u64>, JoinHandle<Result<PartMeta, String>>);
-                let mut writing: Vec<Writing> = Vec::new();
+                let mut writing: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+                let mut writer: Option<Writer<D, R>> = None;
                 move |(data, data_frontier), (marks_in, marks_frontier), output| {
                     data.for_each(|_cap, batch| {
                         for (d, t, r) in batch.drain(..) {
@@ -206,53 +324,59 @@ where
                     epochs.extend(marked.iter().copied().filter(|t| passed(t)));
                     for epoch in epochs {
                         for (d, r) in pending.remove(&epoch).unwrap_or_default() {
-                            apply(&mut state, d, r);
+                            apply(&mut changes, d, r);
                         }
                         if !marked.remove(&epoch) {
                             continue;
                         }
                         let Some(b) = base.as_ref() else { continue };
-                        // The worker's only pause: copying its share of the state.
+                        // The worker's only pause: handing the changes to the writer.
                         let started = Instant::now();
-                        let snapshot: Vec<(D, R)> =
-                            state.iter().map(|(d, r)| (d.clone(), r.clone())).collect();
+                        let handed = std::mem::take(&mut changes);
+                        let count = handed.len();
                         let pause = started.elapsed();
                         metrics.pause.record(pause);
                         metrics
                             .records
-                            .set(i64::try_from(snapshot.len()).unwrap_or(i64::MAX));
-                        let dir = store::checkpoint_dir(&root, epoch);
-                        let part_name = name.clone();
-                        let spawned = std::thread::Builder::new()
-                            .name(format!("cap-ckpt-{worker}"))
-                            .spawn(move || {
-                                let mut part =
-                                    store::write_part(&dir, &part_name, worker, &snapshot)
-                                        .map_err(|e| e.to_string())?;
-                                part.pause_us =
-                                    u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
-                                Ok(part)
-                            });
-                        match spawned {
-                            Ok(h) => writing.push((b.delayed(&epoch), h)),
+                            .set(i64::try_from(count).unwrap_or(i64::MAX));
+                        let job = WriteJob {
+                            epoch,
+                            changes: handed,
+                            pause_us: u64::try_from(pause.as_micros()).unwrap_or(u64::MAX),
+                        };
+                        let w = writer.get_or_insert_with(|| {
+                            Writer::spawn(PartWriter {
+                                root: root.clone(),
+                                name: name.clone(),
+                                worker,
+                                chain: Vec::new(),
+                                unwritten: Consolidated::default(),
+                            })
+                        });
+                        match w.send(job) {
+                            Ok(()) => {
+                                writing.insert(epoch, b.delayed(&epoch));
+                            }
                             Err(e) => output.session(&b.delayed(&epoch)).give(PartDone {
                                 epoch,
-                                part: Err(format!("cannot start the writer thread: {e}")),
+                                part: Err(e),
                             }),
                         }
                     }
                     // Report the parts written; the capability at their epoch goes with them.
-                    let mut i = 0;
-                    while i < writing.len() {
-                        if writing[i].1.is_finished() {
-                            let (cap, handle) = writing.swap_remove(i);
-                            let part = handle
-                                .join()
-                                .unwrap_or_else(|_| Err("the writer thread panicked".into()));
-                            let epoch = *cap.time();
-                            output.session(&cap).give(PartDone { epoch, part });
-                        } else {
-                            i += 1;
+                    if let Some(w) = writer.as_ref() {
+                        for done in w.done() {
+                            if let Some(cap) = writing.remove(&done.epoch) {
+                                output.session(&cap).give(done);
+                            }
+                        }
+                        if w.died() {
+                            for (epoch, cap) in std::mem::take(&mut writing) {
+                                output.session(&cap).give(PartDone {
+                                    epoch,
+                                    part: Err("the writer thread ended".into()),
+                                });
+                            }
                         }
                     }
                     if !writing.is_empty() {
@@ -273,6 +397,79 @@ where
                 }
             },
         )
+}
+
+/// A checkpoint operator's handle on its writer thread.
+struct Writer<D, R> {
+    jobs: Option<std::sync::mpsc::Sender<WriteJob<D, R>>>,
+    done: std::sync::mpsc::Receiver<PartDone>,
+    thread: Option<JoinHandle<()>>,
+    error: Option<String>,
+}
+
+impl<D, R> Writer<D, R>
+where
+    D: ExchangeData + std::hash::Hash,
+    R: ExchangeData + Semigroup,
+{
+    fn spawn(mut part_writer: PartWriter<D, R>) -> Self {
+        let (jobs, rx) = std::sync::mpsc::channel::<WriteJob<D, R>>();
+        let (tx, done) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("cap-ckpt-{}", part_writer.worker))
+            .spawn(move || {
+                for job in rx {
+                    let epoch = job.epoch;
+                    let part = part_writer.write(job);
+                    if tx.send(PartDone { epoch, part }).is_err() {
+                        break;
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => Writer {
+                jobs: Some(jobs),
+                done,
+                thread: Some(h),
+                error: None,
+            },
+            Err(e) => Writer {
+                jobs: None,
+                done,
+                thread: None,
+                error: Some(format!("cannot start the writer thread: {e}")),
+            },
+        }
+    }
+
+    fn send(&self, job: WriteJob<D, R>) -> Result<(), String> {
+        match &self.jobs {
+            Some(tx) => tx
+                .send(job)
+                .map_err(|_| "the writer thread ended".to_owned()),
+            None => Err(self.error.clone().unwrap_or_default()),
+        }
+    }
+
+    /// The parts written since the last call.
+    fn done(&self) -> Vec<PartDone> {
+        self.done.try_iter().collect()
+    }
+
+    /// Whether the writer thread has ended (it panicked: it ends otherwise only when the
+    /// operator drops its handle).
+    fn died(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl<D, R> Drop for Writer<D, R> {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Gives the restored records of one collection at `epoch`: this worker reads the parts of
@@ -320,22 +517,29 @@ where
 }
 
 /// Reads the parts of `name` this worker restores (see [`restore_feed`]).
-pub(crate) fn restored_records<D: ExchangeData, R: ExchangeData>(
+/// A writer's parts (a base and its deltas) are read by one worker, which sums them.
+pub(crate) fn restored_records<D, R>(
     dir: &std::path::Path,
     manifest: &Manifest,
     name: &str,
     index: usize,
     peers: usize,
-) -> Result<Vec<(D, R)>, store::StoreError> {
-    let mut out = Vec::new();
+) -> Result<Vec<(D, R)>, store::StoreError>
+where
+    D: ExchangeData + std::hash::Hash,
+    R: ExchangeData + Semigroup,
+{
+    let mut sum: Consolidated<D, R> = Consolidated::default();
     for part in manifest
         .parts
         .iter()
         .filter(|p| p.collection == name && p.worker % peers == index)
     {
-        out.extend(store::read_part::<(D, R)>(dir, part)?);
+        for (d, r) in store::read_part::<(D, R)>(dir, part)? {
+            apply(&mut sum, d, r);
+        }
     }
-    Ok(out)
+    Ok(sum.into_iter().collect())
 }
 
 /// What the manifest writer needs besides the parts.
@@ -379,7 +583,7 @@ pub(crate) fn manifest_writer<'s>(
         move |cap, info| {
             let activator = scope.activator_for(info.address);
             let mut base = Some(cap);
-            let mut received: BTreeMap<u64, Vec<Result<PartMeta, String>>> = BTreeMap::new();
+            let mut received: BTreeMap<u64, Vec<Result<Vec<PartMeta>, String>>> = BTreeMap::new();
             let mut marked: BTreeSet<u64> = BTreeSet::new();
             let mut started: BTreeMap<u64, Instant> = BTreeMap::new();
             move |(parts_in, parts_frontier), (marks_in, marks_frontier), _output| {
@@ -410,16 +614,16 @@ pub(crate) fn manifest_writer<'s>(
                     let (fingerprint, collections) = spec.fingerprint.clone();
                     let mut metas = Vec::new();
                     let mut failures = Vec::new();
+                    let shares = results.len();
                     for r in results {
                         match r {
-                            Ok(m) => metas.push(m),
+                            Ok(m) => metas.extend(m),
                             Err(e) => failures.push(e),
                         }
                     }
-                    if metas.len() != collections * peers && failures.is_empty() {
+                    if shares != collections * peers && failures.is_empty() {
                         failures.push(format!(
-                            "{} parts arrived, expected {} ({collections} collections x {peers} workers)",
-                            metas.len(),
+                            "{shares} shares arrived, expected {} ({collections} collections x {peers} workers)",
                             collections * peers
                         ));
                     }
@@ -428,7 +632,10 @@ pub(crate) fn manifest_writer<'s>(
                         tracing::error!(epoch, failures = ?failures, "checkpoint not written; the previous one stays the newest");
                         continue;
                     }
-                    metas.sort_by(|a, b| (&a.collection, a.worker).cmp(&(&b.collection, b.worker)));
+                    metas.sort_by(|a, b| {
+                        (&a.collection, a.worker, a.stored_in)
+                            .cmp(&(&b.collection, b.worker, b.stored_in))
+                    });
                     let manifest = Manifest {
                         format: store::FORMAT,
                         job: spec.job.clone(),
@@ -452,6 +659,7 @@ pub(crate) fn manifest_writer<'s>(
                                 parts = manifest.parts.len(),
                                 records = manifest.parts.iter().map(|p| p.records).sum::<u64>(),
                                 bytes = manifest.bytes(),
+                                written_bytes = manifest.written_bytes(),
                                 pause_us = manifest.worker_pause_us(),
                                 ms = since.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0),
                                 "checkpoint written"
@@ -484,4 +692,93 @@ pub(crate) fn manifest_writer<'s>(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(root: &std::path::Path) -> PartWriter<u32, isize> {
+        PartWriter {
+            root: root.to_owned(),
+            name: "c".into(),
+            worker: 0,
+            chain: Vec::new(),
+            unwritten: Consolidated::default(),
+        }
+    }
+
+    /// The sum of the parts a manifest of `epoch` would list.
+    fn read_back(root: &std::path::Path, epoch: u64, parts: &[PartMeta]) -> BTreeMap<u32, isize> {
+        let dir = store::checkpoint_dir(root, epoch);
+        let mut sum = BTreeMap::new();
+        for p in parts {
+            for (d, r) in store::read_part::<(u32, isize)>(&dir, p).unwrap() {
+                *sum.entry(d).or_insert(0) += r;
+            }
+        }
+        sum.retain(|_, r| *r != 0);
+        sum
+    }
+
+    #[test]
+    fn the_chain_of_parts_sums_to_the_share_and_folds_into_new_bases() {
+        let root = tempfile::tempdir().unwrap();
+        let mut w = writer(root.path());
+        let mut oracle: BTreeMap<u32, isize> = BTreeMap::new();
+        let mut z = 7u64;
+        let mut folds = 0;
+        for epoch in 0..40u64 {
+            let mut changes = Consolidated::default();
+            // A first epoch of many records, then a few changes each, with retractions.
+            let n = if epoch == 0 { 2_000 } else { 150 };
+            for _ in 0..n {
+                z = z.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let d = ((z >> 33) % 3_000) as u32;
+                let r = if (z >> 20) % 3 == 0 { -1 } else { 1 };
+                apply(&mut changes, d, r);
+                *oracle.entry(d).or_insert(0) += r;
+            }
+            let parts = w
+                .write(WriteJob {
+                    epoch,
+                    changes,
+                    pause_us: 0,
+                })
+                .unwrap();
+            oracle.retain(|_, r| *r != 0);
+            assert_eq!(read_back(root.path(), epoch, &parts), oracle, "epoch {epoch}");
+            assert!(!parts[0].delta && parts[1..].iter().all(|p| p.delta));
+            assert_eq!(parts.last().unwrap().stored_in, None);
+            if epoch > 0 && parts.len() == 1 {
+                folds += 1;
+            }
+            // A restore reads at most about twice the share.
+            let read: u64 = parts.iter().map(|p| p.records).sum();
+            assert!(read <= 2 * parts[0].records + 150, "epoch {epoch}: {read} records");
+        }
+        assert!(folds >= 2, "the chain never folded ({folds})");
+    }
+
+    #[test]
+    fn changes_of_a_part_that_cannot_be_written_go_into_the_next() {
+        let root = tempfile::tempdir().unwrap();
+        let mut w = writer(root.path());
+        let job = |epoch, d: u32| {
+            let mut changes = Consolidated::default();
+            apply(&mut changes, d, 1isize);
+            WriteJob {
+                epoch,
+                changes,
+                pause_us: 0,
+            }
+        };
+        w.write(job(0, 1)).unwrap();
+        // Epoch 1's directory cannot be created: a file is in its place.
+        std::fs::write(store::checkpoint_dir(root.path(), 1), b"x").unwrap();
+        assert!(w.write(job(1, 2)).is_err());
+        let parts = w.write(job(2, 3)).unwrap();
+        let expect: BTreeMap<u32, isize> = [(1, 1), (2, 1), (3, 1)].into_iter().collect();
+        assert_eq!(read_back(root.path(), 2, &parts), expect);
+    }
 }

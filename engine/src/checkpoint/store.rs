@@ -41,10 +41,28 @@ pub struct PartMeta {
     pub bytes: u64,
     /// CRC-32 (IEEE) of the file.
     pub crc32: u32,
-    /// How long the worker stopped to copy its share of the state, in microseconds (the
+    /// How long the worker stopped to hand its changes to the writer, in microseconds (the
     /// checkpoint's only pause of the dataflow; compressing and writing run off-thread).
     #[serde(default)]
     pub pause_us: u64,
+    /// Whether the part holds only the changes since the checkpoint before (false: the whole
+    /// share, a base). A collection's share is the sum of its parts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// The epoch of the earlier checkpoint whose directory holds the file (a part of the
+    /// chain of deltas this checkpoint extends); none: this checkpoint's own directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_in: Option<u64>,
+}
+
+impl PartMeta {
+    /// The part's file, for the checkpoint in `dir`.
+    pub fn path(&self, dir: &Path) -> PathBuf {
+        match (self.stored_in, dir.parent()) {
+            (Some(epoch), Some(root)) => checkpoint_dir(root, epoch).join(&self.file),
+            _ => dir.join(&self.file),
+        }
+    }
 }
 
 /// `MANIFEST.json`: a complete checkpoint.
@@ -70,9 +88,24 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Total bytes of the parts.
+    /// Total bytes of the parts (what a restore reads).
     pub fn bytes(&self) -> u64 {
         self.parts.iter().map(|p| p.bytes).sum()
+    }
+
+    /// Bytes of the parts written for this checkpoint (not those of earlier checkpoints it
+    /// extends).
+    pub fn written_bytes(&self) -> u64 {
+        self.parts
+            .iter()
+            .filter(|p| p.stored_in.is_none())
+            .map(|p| p.bytes)
+            .sum()
+    }
+
+    /// The epochs of the earlier checkpoints whose directories hold parts of this one.
+    pub fn references(&self) -> std::collections::BTreeSet<u64> {
+        self.parts.iter().filter_map(|p| p.stored_in).collect()
     }
 
     /// The longest a worker stopped for this checkpoint: per worker, the sum of its parts'
@@ -205,12 +238,14 @@ pub fn write_part<D: Serialize>(
         bytes,
         crc32,
         pause_us: 0,
+        delta: false,
+        stored_in: None,
     })
 }
 
 /// Checks one part against its manifest entry: present, same size, same checksum.
 fn verify_part(dir: &Path, part: &PartMeta) -> Result<(), StoreError> {
-    let path = dir.join(&part.file);
+    let path = part.path(dir);
     let mut file = std::fs::File::open(&path).map_err(io_error(&path))?;
     let mut crc = crc32fast::Hasher::new();
     let mut bytes = 0u64;
@@ -238,7 +273,7 @@ fn verify_part(dir: &Path, part: &PartMeta) -> Result<(), StoreError> {
 
 /// Reads one part's records (verified by [`newest`] before).
 pub fn read_part<D: DeserializeOwned>(dir: &Path, part: &PartMeta) -> Result<Vec<D>, StoreError> {
-    let path = dir.join(&part.file);
+    let path = part.path(dir);
     let file = std::fs::File::open(&path).map_err(io_error(&path))?;
     let mut decoder = zstd::stream::read::Decoder::new(file).map_err(io_error(&path))?;
     let bad = |e: bincode::Error| StoreError::Unusable {
@@ -368,24 +403,40 @@ pub fn newest(root: &Path, id: &Identity) -> Result<Option<(PathBuf, Manifest)>,
 }
 
 /// Deletes all but the newest `keep` complete checkpoints, and partial ones older than the
-/// newest complete one. Failures are logged, never fatal.
+/// newest complete one, except the directories whose parts a kept checkpoint still uses
+/// (its chain of deltas). Failures are logged, never fatal.
 pub fn retain(root: &Path, keep: usize) {
     let Ok(epochs) = list(root) else { return };
     let mut complete = 0usize;
+    let mut referenced = std::collections::BTreeSet::new();
+    let mut drop = Vec::new();
     for epoch in epochs {
         let dir = checkpoint_dir(root, epoch);
-        let has_manifest = dir.join(MANIFEST).exists();
-        let drop = if has_manifest {
-            complete += 1;
-            complete > keep
-        } else {
-            // Partial: still being written if newer than every complete one.
-            complete > 0
-        };
-        if drop {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(checkpoint = %dir.display(), error = %e, "cannot delete an old checkpoint");
+        let manifest = std::fs::read(dir.join(MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        let kept = match &manifest {
+            Some(m) => {
+                complete += 1;
+                let kept = complete <= keep;
+                if kept {
+                    referenced.extend(m.references());
+                }
+                kept
             }
+            // Partial: still being written if newer than every complete one.
+            None => complete == 0,
+        };
+        if !kept {
+            drop.push((epoch, dir));
+        }
+    }
+    for (epoch, dir) in drop {
+        if referenced.contains(&epoch) {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(checkpoint = %dir.display(), error = %e, "cannot delete an old checkpoint");
         }
     }
 }
@@ -465,6 +516,70 @@ mod tests {
             e.contains("written by j 1, this is j 2") && e.contains("--fresh"),
             "{e}"
         );
+    }
+
+    /// A checkpoint at `epoch` extending `base` (a base part in its directory) with a delta.
+    fn extending(root: &Path, epoch: u64, base: &Manifest, delta: &[(String, isize)]) -> Manifest {
+        let dir = checkpoint_dir(root, epoch);
+        let mut part = write_part(&dir, "c", 0, delta).unwrap();
+        part.delta = true;
+        let mut parts: Vec<PartMeta> = base
+            .parts
+            .iter()
+            .map(|p| PartMeta {
+                stored_in: Some(p.stored_in.unwrap_or(base.epoch)),
+                ..p.clone()
+            })
+            .collect();
+        parts.push(part);
+        let m = Manifest {
+            epoch,
+            parts,
+            ..base.clone()
+        };
+        write_manifest(&dir, &m).unwrap();
+        m
+    }
+
+    #[test]
+    fn a_chain_reads_the_earlier_parts_and_retention_keeps_them() {
+        let root = tempfile::tempdir().unwrap();
+        let base = checkpoint(root.path(), 1, &[("a".into(), 1), ("b".into(), 2)]);
+        let two = extending(root.path(), 2, &base, &[("b".into(), -2), ("c".into(), 1)]);
+        let three = extending(root.path(), 3, &two, &[("d".into(), 1)]);
+        assert_eq!(three.references(), [1, 2].into_iter().collect());
+        retain(root.path(), 1);
+        assert_eq!(list(root.path()).unwrap(), vec![3, 2, 1]);
+        let (dir, found) = newest(root.path(), &id()).unwrap().unwrap();
+        assert_eq!(found.epoch, 3);
+        let mut sum: std::collections::BTreeMap<String, isize> = Default::default();
+        for p in &found.parts {
+            for (k, r) in read_part::<(String, isize)>(&dir, p).unwrap() {
+                *sum.entry(k).or_default() += r;
+            }
+        }
+        sum.retain(|_, r| *r != 0);
+        let expect: std::collections::BTreeMap<String, isize> =
+            [("a", 1), ("c", 1), ("d", 1)].map(|(k, r)| (k.to_owned(), r)).into();
+        assert_eq!(sum, expect);
+        // A new base at 4: 1-3 are no longer used once 4 is the only one kept.
+        checkpoint(root.path(), 4, &[("z".into(), 1)]);
+        retain(root.path(), 1);
+        assert_eq!(list(root.path()).unwrap(), vec![4]);
+    }
+
+    #[test]
+    fn a_corrupt_base_makes_every_checkpoint_extending_it_unsound() {
+        let root = tempfile::tempdir().unwrap();
+        let zero = checkpoint(root.path(), 0, &[("y".into(), 1)]);
+        let base = checkpoint(root.path(), 1, &[("a".into(), 1)]);
+        extending(root.path(), 2, &base, &[("c".into(), 1)]);
+        let part = checkpoint_dir(root.path(), 1).join("c.w0.part");
+        let mut bytes = std::fs::read(&part).unwrap();
+        bytes[0] ^= 0x01;
+        std::fs::write(&part, bytes).unwrap();
+        let (_, m) = newest(root.path(), &id()).unwrap().unwrap();
+        assert_eq!(m, zero);
     }
 
     #[test]
