@@ -3,7 +3,8 @@
 //! partitions, spread over two workers and over two processes. Every table equals the table
 //! the same job computes from the file; every bad record is a dead letter naming its topic,
 //! partition and offset; the epoch log covers every offset of every partition exactly once;
-//! and a broker killed and restarted in the middle of a run loses nothing.
+//! and a broker (SQLite storage) killed and restarted in the middle of a checkpointed run
+//! loses nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
@@ -272,6 +273,8 @@ fn a_broker_restart_in_the_middle_of_a_run_loses_nothing() -> Result<()> {
         .arg(&kafka)
         .args(["--workers", "2", "--epoch-records", "200", "--no-console"])
         .args(["--metrics-addr", &metrics])
+        // Checkpoints go on through the outage (the fault-tolerance issue's broker restart).
+        .args(["--checkpoint-ms", "200"])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
@@ -304,6 +307,10 @@ fn a_broker_restart_in_the_middle_of_a_run_loses_nothing() -> Result<()> {
     ensure!(
         text.contains("reading resumed") || text.contains("librdkafka"),
         "no outage was logged: {text}"
+    );
+    ensure!(
+        text.contains("checkpoint written"),
+        "no checkpoint was written: {text}"
     );
     ensure_same_as_file(&files, &kafka)
 }

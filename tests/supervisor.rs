@@ -12,6 +12,9 @@
 //! checkpointed collections and the windowed and k-means operators' state) and replays
 //! only the epochs after it.
 //!
+//! Rescale: killed runs restore on 2, then 1, then 3 workers (state re-partitioned on
+//! load) and end equal to an uninterrupted run.
+//!
 //! What this does not show: that the replay re-cuts the published epochs exactly. With the
 //! replay plan disabled this test still passes on this input (almost every key is updated
 //! again after the crash, which hides a different cut); `engine/tests/restore.rs` is the
@@ -21,8 +24,10 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use cap_tests::supervise::{newest_checkpoint, supervise_with_kills, KillWhen};
-use cap_tests::{folded_and_snapshot, generate_csv, job_binary, run_on_csv, snapshot_tables};
+use cap_tests::supervise::{newest_checkpoint, run_until_killed, supervise_with_kills, KillWhen};
+use cap_tests::{
+    folded_and_snapshot, generate_csv, job_binary, run_job, run_on_csv, snapshot_tables,
+};
 
 /// Lines in every worker log of the newest run under `state`.
 fn logged_epochs(state: &Path) -> usize {
@@ -126,6 +131,61 @@ fn restarts_from_checkpoints_after_several_kills_equal_an_uninterrupted_run() ->
         text.matches("restoring").count() >= 3,
         "not every restart restored a checkpoint:\n{text}"
     );
+    same_outputs(&straight, &out)
+}
+
+/// The worker count of the run that wrote the newest complete checkpoint under `state`.
+fn checkpoint_workers(state: &Path) -> Result<u64> {
+    let epoch = newest_checkpoint(state).context("no complete checkpoint")?;
+    let path = state
+        .join("checkpoints")
+        .join(format!("ckpt-{epoch:020}"))
+        .join("MANIFEST.json");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    manifest["workers"].as_u64().context("workers")
+}
+
+/// Rescale: a run on 2 workers is killed once a checkpoint is complete; a run on 1 worker
+/// restores it and is killed once a newer one is complete; a run on 3 workers restores
+/// that and runs to the end. Every table equals an uninterrupted run's.
+#[test]
+fn restores_on_other_worker_counts_equal_an_uninterrupted_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let csv = generate_csv(dir.path(), 120_000, 31, &[])?;
+    let straight = dir.path().join("straight");
+    run_on_csv(&csv, &straight, "2", "300", &[])?;
+    let out = dir.path().join("rescaled");
+    let state = out.join("_state");
+    let args = |workers: &str| -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into()];
+        a.extend(input_args(&csv));
+        a.extend(["--output".into(), out.display().to_string()]);
+        a.extend(
+            [
+                "--workers",
+                workers,
+                "--epoch-records",
+                "100000",
+                "--epoch-ms",
+                "3",
+                "--no-console",
+                "--checkpoint-ms",
+                "150",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    run_until_killed(&args("2"), &state, |s| newest_checkpoint(s).is_some())?;
+    ensure!(checkpoint_workers(&state)? == 2, "the first checkpoint is not of 2 workers");
+    let first = newest_checkpoint(&state);
+    let one = run_until_killed(&args("1"), &state, |s| newest_checkpoint(s) > first)?;
+    ensure!(one.contains("restoring"), "the 1-worker run restored nothing:\n{one}");
+    ensure!(checkpoint_workers(&state)? == 1, "the newer checkpoint is not of 1 worker");
+    let strs = args("3");
+    let three = run_job(&strs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let three = String::from_utf8_lossy(&three.stderr);
+    ensure!(three.contains("restoring"), "the 3-worker run restored nothing:\n{three}");
     same_outputs(&straight, &out)
 }
 

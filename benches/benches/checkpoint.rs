@@ -15,8 +15,8 @@
 //!   counted by a separate pass over the generator);
 //! - restart to caught-up: the wall time of a run restoring the newest checkpoint (at the
 //!   input's end: nothing to replay, so this is loading, re-feeding and recomputing every
-//!   table), and of a run restoring the one before (a crash just before a checkpoint: it
-//!   also replays up to one interval of input).
+//!   table), and of a run restoring the checkpoint an interval before (a crash just before
+//!   a checkpoint: it also replays an interval of input).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -154,13 +154,25 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    // A crash just before the newest checkpoint: a copy of the state without it.
+    // A crash an interval before the end: a copy of the state without the checkpoints of
+    // the last interval (one interval in epochs: the gap between the first two checkpoints;
+    // the input's end is checkpointed at every worker's last epoch, a few epochs apart).
     let earlier = root.join("earlier");
     copy_dir(&state, &earlier)?;
-    std::fs::remove_dir_all(store::checkpoint_dir(
-        &earlier.join("checkpoints"),
-        newest.epoch,
-    ))?;
+    let gap = match manifests.as_slice() {
+        [a, b, ..] => b.epoch - a.epoch,
+        _ => 1,
+    };
+    let before = manifests
+        .iter()
+        .rev()
+        .find(|m| m.epoch + gap <= newest.epoch)
+        .map(|m| m.epoch);
+    for m in &manifests {
+        if before.is_some_and(|b| m.epoch > b) {
+            std::fs::remove_dir_all(store::checkpoint_dir(&earlier.join("checkpoints"), m.epoch))?;
+        }
+    }
 
     let restore = ["engine.checkpoint.restore=true".to_owned()];
     let restart = |dir: &Path, what: &str| -> anyhow::Result<()> {
@@ -174,8 +186,11 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     restart(&state, "newest checkpoint, at the end of the input")?;
-    if manifests.len() >= 2 {
-        restart(&earlier, "the checkpoint before, one interval behind")?;
+    if let Some(b) = before {
+        restart(
+            &earlier,
+            &format!("the checkpoint of epoch {b}, one interval ({gap} epochs) behind"),
+        )?;
     }
     Ok(())
 }

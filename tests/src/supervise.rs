@@ -117,3 +117,42 @@ pub fn supervise_with_kills(
     );
     Ok(text)
 }
+
+/// Runs the job binary with `args` (a `run` command line), kills it with SIGKILL once
+/// `when(state)` holds, and returns its log; fails if it ends before that.
+pub fn run_until_killed(args: &[String], state: &Path, when: impl Fn(&Path) -> bool) -> Result<String> {
+    let bin = job_binary()?;
+    let mut child = Command::new(&bin)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let outcome = loop {
+        if when(state) {
+            child.kill()?;
+            let _ = child.wait();
+            break Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow::anyhow!("the run ended ({status}) before it was killed"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break Err(anyhow::anyhow!("the kill condition never held"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader.join().unwrap_or_default();
+    outcome.map_err(|e| anyhow::anyhow!("{e}:\n{text}"))?;
+    Ok(text)
+}
