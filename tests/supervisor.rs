@@ -177,15 +177,27 @@ fn restores_on_other_worker_counts_equal_an_uninterrupted_run() -> Result<()> {
         a
     };
     run_until_killed(&args("2"), &state, |s| newest_checkpoint(s).is_some())?;
-    ensure!(checkpoint_workers(&state)? == 2, "the first checkpoint is not of 2 workers");
+    ensure!(
+        checkpoint_workers(&state)? == 2,
+        "the first checkpoint is not of 2 workers"
+    );
     let first = newest_checkpoint(&state);
     let one = run_until_killed(&args("1"), &state, |s| newest_checkpoint(s) > first)?;
-    ensure!(one.contains("restoring"), "the 1-worker run restored nothing:\n{one}");
-    ensure!(checkpoint_workers(&state)? == 1, "the newer checkpoint is not of 1 worker");
+    ensure!(
+        one.contains("restoring"),
+        "the 1-worker run restored nothing:\n{one}"
+    );
+    ensure!(
+        checkpoint_workers(&state)? == 1,
+        "the newer checkpoint is not of 1 worker"
+    );
     let strs = args("3");
     let three = run_job(&strs.iter().map(String::as_str).collect::<Vec<_>>())?;
     let three = String::from_utf8_lossy(&three.stderr);
-    ensure!(three.contains("restoring"), "the 3-worker run restored nothing:\n{three}");
+    ensure!(
+        three.contains("restoring"),
+        "the 3-worker run restored nothing:\n{three}"
+    );
     same_outputs(&straight, &out)
 }
 

@@ -400,7 +400,8 @@ impl SinkMetrics {
 /// (`written`, `failed`, `bytes`, counted by worker 0).
 #[derive(Clone)]
 pub struct CheckpointMetrics {
-    /// Time a worker paused to copy its share of a collection at a checkpoint.
+    /// Time a worker paused to hand its changes of a collection to the writer thread at a
+    /// checkpoint.
     pub pause: LatencyHistogram,
     /// Records of the collection in this worker's latest part.
     pub records: Gauge,
@@ -424,12 +425,12 @@ impl CheckpointMetrics {
         CheckpointMetrics {
             pause: registry.histogram(
                 "cap_checkpoint_pause_seconds",
-                "Time a worker paused its dataflow to copy its share of a checkpointed collection.",
+                "Time a worker paused its dataflow to hand its changes of a checkpointed collection to the writer thread.",
                 labels(),
             ),
             records: registry.gauge(
                 "cap_checkpoint_records",
-                "Records of a checkpointed collection in this worker's latest part.",
+                "Changes of a checkpointed collection this worker handed to its writer at the latest checkpoint.",
                 labels(),
             ),
             written: registry.counter(

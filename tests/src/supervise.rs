@@ -120,7 +120,11 @@ pub fn supervise_with_kills(
 
 /// Runs the job binary with `args` (a `run` command line), kills it with SIGKILL once
 /// `when(state)` holds, and returns its log; fails if it ends before that.
-pub fn run_until_killed(args: &[String], state: &Path, when: impl Fn(&Path) -> bool) -> Result<String> {
+pub fn run_until_killed(
+    args: &[String],
+    state: &Path,
+    when: impl Fn(&Path) -> bool,
+) -> Result<String> {
     let bin = job_binary()?;
     let mut child = Command::new(&bin)
         .args(args)
@@ -144,7 +148,9 @@ pub fn run_until_killed(args: &[String], state: &Path, when: impl Fn(&Path) -> b
             break Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            break Err(anyhow::anyhow!("the run ended ({status}) before it was killed"));
+            break Err(anyhow::anyhow!(
+                "the run ended ({status}) before it was killed"
+            ));
         }
         if Instant::now() > deadline {
             let _ = child.kill();

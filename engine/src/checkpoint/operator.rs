@@ -269,8 +269,8 @@ where
         delta: bool,
     ) -> Result<PartMeta, String> {
         let records: Vec<(&D, &R)> = changes.iter().collect();
-        let mut part = store::write_part(dir, &self.name, self.worker, &records)
-            .map_err(|e| e.to_string())?;
+        let mut part =
+            store::write_part(dir, &self.name, self.worker, &records).map_err(|e| e.to_string())?;
         part.delta = delta;
         Ok(part)
     }
@@ -733,7 +733,9 @@ mod tests {
             // A first epoch of many records, then a few changes each, with retractions.
             let n = if epoch == 0 { 2_000 } else { 150 };
             for _ in 0..n {
-                z = z.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                z = z
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let d = ((z >> 33) % 3_000) as u32;
                 let r = if (z >> 20) % 3 == 0 { -1 } else { 1 };
                 apply(&mut changes, d, r);
@@ -747,7 +749,11 @@ mod tests {
                 })
                 .unwrap();
             oracle.retain(|_, r| *r != 0);
-            assert_eq!(read_back(root.path(), epoch, &parts), oracle, "epoch {epoch}");
+            assert_eq!(
+                read_back(root.path(), epoch, &parts),
+                oracle,
+                "epoch {epoch}"
+            );
             assert!(!parts[0].delta && parts[1..].iter().all(|p| p.delta));
             assert_eq!(parts.last().unwrap().stored_in, None);
             if epoch > 0 && parts.len() == 1 {
@@ -755,7 +761,10 @@ mod tests {
             }
             // A restore reads at most about twice the share.
             let read: u64 = parts.iter().map(|p| p.records).sum();
-            assert!(read <= 2 * parts[0].records + 150, "epoch {epoch}: {read} records");
+            assert!(
+                read <= 2 * parts[0].records + 150,
+                "epoch {epoch}: {read} records"
+            );
         }
         assert!(folds >= 2, "the chain never folded ({folds})");
     }

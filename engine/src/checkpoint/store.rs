@@ -559,8 +559,9 @@ mod tests {
             }
         }
         sum.retain(|_, r| *r != 0);
-        let expect: std::collections::BTreeMap<String, isize> =
-            [("a", 1), ("c", 1), ("d", 1)].map(|(k, r)| (k.to_owned(), r)).into();
+        let expect: std::collections::BTreeMap<String, isize> = [("a", 1), ("c", 1), ("d", 1)]
+            .map(|(k, r)| (k.to_owned(), r))
+            .into();
         assert_eq!(sum, expect);
         // A new base at 4: 1-3 are no longer used once 4 is the only one kept.
         checkpoint(root.path(), 4, &[("z".into(), 1)]);
