@@ -13,7 +13,12 @@
 //! it): with tansu 0.6, the broker these tests can install, the restarted job's consumer
 //! waits forever for the offsets of the partition the killed consumer was fetching
 //! (ListOffsets is never answered; seen on every run, 2026-12-03), and restarting tansu
-//! over its SQLite storage right after the kill leaves it not answering ApiVersions. The
+//! over its SQLite storage right after the kill leaves it not answering ApiVersions. With
+//! group offset commits off (`commit_interval_ms = 0`) it hangs the same way, and the
+//! restarted job's sinks time out reading topic metadata too: the broker as a whole stops
+//! answering after the kill, not only for the partition (tansu's SQLite engine serves
+//! every request from a small pool of connections, and writes in `IMMEDIATE`
+//! transactions; a handler of the killed client's requests holding one is the suspect). The
 //! same kills with file input and output pass (`tests/supervisor.rs`), and the Kafka sink's
 //! resume is tested against tansu without a kill (`tests/e2e_kafka_sink.rs`).
 
