@@ -189,7 +189,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(b) = before {
         restart(
             &earlier,
-            &format!("the checkpoint of epoch {b}, one interval ({gap} epochs) behind"),
+            &format!(
+                "the checkpoint of epoch {b}, {} epochs before the newest",
+                newest.epoch - b
+            ),
         )?;
     }
     Ok(())
