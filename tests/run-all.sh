@@ -29,11 +29,14 @@ fi
 
 # Python test dependencies from PyPI: scikit-learn for the k-means quality comparison in
 # tests/e2e_clusters.rs, confluent-kafka for the independent reader of the output topics
-# (tests/read_topics.py). Installed only when missing; the tests fail if they cannot be.
+# (tests/read_topics.py), pyarrow and duckdb for the Parquet tables (tests/read_lake.py). Installed only when missing; the tests fail if they cannot be.
 if command -v python3 >/dev/null 2>&1; then
     missing=()
     python3 -c "import sklearn, numpy" >/dev/null 2>&1 || missing+=(scikit-learn)
     python3 -c "import confluent_kafka" >/dev/null 2>&1 || missing+=(confluent-kafka)
+    # pyarrow and DuckDB: the independent readers of the Parquet tables (tests/read_lake.py).
+    python3 -c "import pyarrow" >/dev/null 2>&1 || missing+=(pyarrow)
+    python3 -c "import duckdb" >/dev/null 2>&1 || missing+=(duckdb)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing python test dependencies (${missing[*]})"
         python3 -m pip install --quiet "${missing[@]}" \

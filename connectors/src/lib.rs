@@ -5,7 +5,9 @@
 //! - [`generator`]: a deterministic, calibrated synthetic clickstream (a source and the
 //!   `generate` command).
 //! - [`file`]: replays CSV/JSON files (plain or gzip) as a partitioned source.
-//! - [`sinks`]: the JSON-lines file sink (changelog + snapshot) and the null sink.
+//! - [`sinks`]: the JSON-lines file sink (changelog + snapshot), the null sink and the
+//!   tee that writes a table to several sinks.
+//! - [`lake`]: the lakehouse sink: Parquet tables on local disk, S3, Azure, GCS or HDFS.
 //! - [`notify`]: notification channels (webhooks) that rows of a table, by default
 //!   `alerts`, are also delivered to.
 //!
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use cap_engine::cli::Extension;
 use cap_engine::config::{typed_table, NotifyConfig, SinkConfig};
 use cap_engine::metrics::Registry;
-use cap_engine::sink::{SinkError, SinkFactory, TableWriter};
+use cap_engine::sink::{SinkError, SinkFactory, TableSchema, TableWriter};
 use cap_engine::source::{Source, SourceError};
 
 pub mod clickstream;
@@ -43,6 +45,7 @@ pub mod generate_cmd;
 pub mod generator;
 pub mod json_order;
 pub mod kafka;
+pub mod lake;
 pub mod notify;
 pub mod replay_cmd;
 pub mod sinks;
@@ -134,16 +137,47 @@ impl SinkFactory for Connectors {
         config: &SinkConfig,
         notify: &[NotifyConfig],
         registry: &Registry,
+        schema: Option<&TableSchema>,
     ) -> Result<Box<dyn TableWriter>, SinkError> {
-        // The Kafka sink counts its deliveries in the registry; the others need none.
-        let writer: Box<dyn TableWriter> = if config.kind == "kafka" {
-            Box::new(kafka::KafkaChangelogSink::open_with_metrics(
-                table,
-                &config.kafka,
-                kafka::SinkDeliveryMetrics::new(registry, table),
-            )?)
+        let kinds: Vec<&str> = config.kind.split(',').map(str::trim).collect();
+        let mut writers = Vec::with_capacity(kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            if kinds[..i].contains(kind) {
+                return Err(SinkError {
+                    table: table.to_owned(),
+                    what: format!("sinks.kind `{}` names `{kind}` twice", config.kind),
+                    cause: None,
+                });
+            }
+            // The Kafka sink counts its deliveries in the registry; the Parquet sink needs
+            // the table's columns; the others need neither.
+            let writer: Box<dyn TableWriter> = match *kind {
+                "kafka" => Box::new(kafka::KafkaChangelogSink::open_with_metrics(
+                    table,
+                    &config.kafka,
+                    kafka::SinkDeliveryMetrics::new(registry, table),
+                )?),
+                "parquet" => Box::new(lake::ParquetTableSink::open(
+                    table,
+                    schema,
+                    &config.parquet,
+                    &config.dir,
+                    config.snapshot_interval_ms,
+                )?),
+                _ => {
+                    let one = SinkConfig {
+                        kind: (*kind).to_owned(),
+                        ..config.clone()
+                    };
+                    self.open(table, &one)?
+                }
+            };
+            writers.push(writer);
+        }
+        let writer: Box<dyn TableWriter> = if writers.len() == 1 {
+            writers.remove(0)
         } else {
-            self.open(table, config)?
+            Box::new(sinks::Tee::new(writers))
         };
         if notify.is_empty() {
             return Ok(writer);

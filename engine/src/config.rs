@@ -207,14 +207,19 @@ impl SinksConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// Connector kind: `file` (JSON lines changelog + snapshot) or `null` (discard).
+    /// Connector kind: `file` (JSON lines changelog + snapshot), `kafka` (keyed changelog
+    /// topics), `parquet` (lakehouse tables) or `null` (discard); several joined by commas
+    /// (`"kafka,parquet"`) write every change to each.
     pub kind: String,
     /// Output directory of the file sink.
     pub dir: PathBuf,
     /// Milliseconds between snapshot rewrites of the file sink (the final one is always written).
     pub snapshot_interval_ms: u64,
-    /// The Kafka sink's settings (`[sinks.kafka]`), read when `kind = "kafka"`.
+    /// The Kafka sink's settings (`[sinks.kafka]`), read when `kind` names `kafka`.
     pub kafka: KafkaSinkConfig,
+    /// The Parquet lakehouse sink's settings (`[sinks.parquet]`), read when `kind` names
+    /// `parquet`.
+    pub parquet: ParquetSinkConfig,
 }
 
 impl Default for SinkConfig {
@@ -224,6 +229,50 @@ impl Default for SinkConfig {
             dir: PathBuf::from("out"),
             snapshot_interval_ms: 5000,
             kafka: KafkaSinkConfig::default(),
+            parquet: ParquetSinkConfig::default(),
+        }
+    }
+}
+
+/// Where and how the Parquet sink writes: the gold tables of the lakehouse
+/// (`<url>/gold/<table>/`, see `docs/lakehouse.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParquetSinkConfig {
+    /// The lake's root: a directory, or a URL: `file:///path`, `s3://bucket/prefix`,
+    /// `az://container/prefix` / `abfss://container@account.dfs.core.windows.net/prefix`,
+    /// `gs://bucket/prefix`, `hdfs://namenode:port/path`. Empty (default): `<dir>/lake`.
+    pub url: String,
+    /// Object store options passed through (`aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_region`, `aws_endpoint`, `aws_allow_http`, `azure_storage_account_name`,
+    /// `azure_storage_account_key`, `google_service_account`, ...); the store's own
+    /// environment variables (`AWS_ACCESS_KEY_ID`, ...) are read too.
+    pub options: BTreeMap<String, String>,
+    /// A changelog file is closed once it holds this many rows; the changes queued when a
+    /// file is written go into one file, so files grow with the load.
+    pub file_rows: usize,
+    /// Rows per Parquet row group (each row group and page carries min/max statistics).
+    pub row_group_rows: usize,
+    /// zstd level of the pages (1-22).
+    pub zstd_level: i32,
+    /// Epochs queued for the background writer before the table's sink waits (bounded
+    /// memory; backpressure reaches the sources through the output frontier).
+    pub queue_epochs: usize,
+    /// Compact the oldest changelog files into one once this many are smaller than
+    /// `file_rows` (0: never compact).
+    pub compact_files: usize,
+}
+
+impl Default for ParquetSinkConfig {
+    fn default() -> Self {
+        ParquetSinkConfig {
+            url: String::new(),
+            options: BTreeMap::new(),
+            file_rows: 1_000_000,
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+            queue_epochs: 16,
+            compact_files: 32,
         }
     }
 }

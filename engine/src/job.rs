@@ -283,6 +283,7 @@ impl<'s> Dataflow<'s> {
                 self.sinks.for_table(table),
                 &self.sinks.notify_for(table),
                 &self.registry,
+                R::schema().as_ref(),
             )?;
             writer.begin(self.recovery.resuming)?;
             Some(writer)

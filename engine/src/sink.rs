@@ -35,6 +35,109 @@ pub trait TableRow: ExchangeData + Serialize {
     type Key: Ord + Serialize + Clone;
     /// This row's primary key.
     fn key(&self) -> Self::Key;
+    /// The table's typed columns, for sinks that store columns (Parquet); `None` (the
+    /// default) when the table declares none, which such a sink refuses with a clear error.
+    fn schema() -> Option<TableSchema> {
+        None
+    }
+}
+
+/// The type of an output column, named by what its JSON form holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// `true` / `false`.
+    Bool,
+    /// An unsigned integer up to 255.
+    UInt8,
+    /// An unsigned 32-bit integer.
+    UInt32,
+    /// An unsigned 64-bit integer.
+    UInt64,
+    /// A signed 64-bit integer.
+    Int64,
+    /// A JSON number held as a 64-bit float (ratios, scores, 6-decimal fixed point).
+    Float64,
+    /// UTF-8 text.
+    Text,
+    /// A UTC day, `YYYY-MM-DD`.
+    Date,
+    /// An instant, RFC 3339 text in UTC (millisecond precision).
+    Timestamp,
+    /// Money: a JSON number with two decimals (exact decimal, 18 digits).
+    Money,
+}
+
+/// One column of an output table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Column {
+    /// The column's name: the row's JSON field.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// Whether the field may be JSON `null` (or absent).
+    pub nullable: bool,
+}
+
+/// The typed columns of an output table, in the row's field order, with its primary key
+/// and a version that changes whenever the columns do (readers and restores compare it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableSchema {
+    /// Bumped by the job whenever a column is added, removed, renamed or retyped.
+    pub version: u32,
+    /// The primary key's columns, in key order.
+    pub key: Vec<String>,
+    /// Every column, in the row's field order.
+    pub columns: Vec<Column>,
+}
+
+impl TableSchema {
+    /// A schema of non-null columns; `key` names the primary key's columns.
+    pub fn new(version: u32, key: &[&str], columns: &[(&str, ColumnType)]) -> TableSchema {
+        TableSchema {
+            version,
+            key: key.iter().map(|k| (*k).to_owned()).collect(),
+            columns: columns
+                .iter()
+                .map(|(name, ty)| Column {
+                    name: (*name).to_owned(),
+                    ty: *ty,
+                    nullable: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// The same schema with `column` nullable.
+    pub fn nullable(mut self, column: &str) -> TableSchema {
+        for c in &mut self.columns {
+            if c.name == column {
+                c.nullable = true;
+            }
+        }
+        self
+    }
+
+    /// What is wrong with this schema, if anything: duplicate or empty names, or a key
+    /// column that is not a column.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.columns {
+            if c.name.is_empty() || !seen.insert(c.name.as_str()) {
+                return Err(format!("column `{}` is empty or named twice", c.name));
+            }
+        }
+        if self.key.is_empty() {
+            return Err("the primary key names no column".into());
+        }
+        for k in &self.key {
+            if !seen.contains(k.as_str()) {
+                return Err(format!("key column `{k}` is not a column"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One keyed change of a table at an epoch: `row` is the new row, or `None` when the key
@@ -79,6 +182,14 @@ pub trait TableWriter {
     /// Writes all changes of `epoch`, sorted by key. Called once per completed epoch that
     /// has changes, in increasing epoch order.
     fn write_epoch(&mut self, epoch: u64, changes: &[Change]) -> Result<(), SinkError>;
+    /// The earliest epoch handed to [`TableWriter::write_epoch`] that is not yet durably
+    /// published, or `None` when every epoch handed is. A writer that publishes in the
+    /// background (the Parquet sink) answers until its writes land; the sink holds the
+    /// table's output frontier (and so checkpoints, which follow it) at that epoch and polls
+    /// again. The default: `write_epoch` returns only once published.
+    fn unpublished(&mut self) -> Option<u64> {
+        None
+    }
     /// Called when the input is complete (end of input or graceful stop).
     fn close(&mut self) -> Result<(), SinkError>;
 }
@@ -91,7 +202,8 @@ pub trait SinkFactory: Send + Sync {
     /// Opens the writer for `table` with everything the engine binds to it: its sink
     /// configuration, its notification channels (the `[[sinks.notify]]` entries naming
     /// it) and the process's metrics registry, for writers with counters of their own.
-    /// The engine calls this one. The default opens [`SinkFactory::open`] and refuses
+    /// The engine calls this one, with the table's typed columns when its rows declare
+    /// them ([`TableRow::schema`]). The default opens [`SinkFactory::open`] and refuses
     /// notification channels, which such a factory cannot deliver: a configured channel
     /// is never ignored in silence.
     //
@@ -105,8 +217,9 @@ pub trait SinkFactory: Send + Sync {
         config: &SinkConfig,
         notify: &[NotifyConfig],
         registry: &Registry,
+        schema: Option<&TableSchema>,
     ) -> Result<Box<dyn TableWriter>, SinkError> {
-        let _ = registry;
+        let _ = (registry, schema);
         if !notify.is_empty() {
             return Err(SinkError {
                 table: table.to_owned(),
@@ -162,7 +275,8 @@ pub fn sink_table<'s, R>(
         .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
             Exchange::new(move |_update: &(R, u64, isize)| target),
             &format!("Sink({table})"),
-            move |_cap, _info| {
+            move |_cap, info| {
+                let activator = scope.activator_for(info.address);
                 move |(input, frontier), _output| {
                     input.for_each(|cap, data| {
                         if let Some(c) = cap.retain_least(0) {
@@ -208,16 +322,6 @@ pub fn sink_table<'s, R>(
                             }
                         }
                     }
-                    match pending.keys().next() {
-                        None => held = None,
-                        Some(first) => {
-                            if let Some(h) = held.as_mut() {
-                                if h.time() < first {
-                                    h.downgrade(first);
-                                }
-                            }
-                        }
-                    }
                     if frontier.is_empty() && !closed {
                         closed = true;
                         if let Some(w) = writer.as_mut() {
@@ -226,11 +330,30 @@ pub fn sink_table<'s, R>(
                             }
                         }
                     }
+                    // Hold the output at the first epoch not yet published: one still
+                    // buffered here, or one the writer is still writing in the background.
+                    let unpublished = writer.as_mut().and_then(|w| w.unpublished());
+                    if unpublished.is_some() {
+                        activator.activate_after(UNPUBLISHED_POLL);
+                    }
+                    match pending.keys().next().copied().into_iter().chain(unpublished).min() {
+                        None => held = None,
+                        Some(first) => {
+                            if let Some(h) = held.as_mut() {
+                                if *h.time() < first {
+                                    h.downgrade(&first);
+                                }
+                            }
+                        }
+                    }
                 }
             },
         )
         .probe_with(probe);
 }
+
+/// How often a sink whose writer publishes in the background asks it again.
+const UNPUBLISHED_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Groups consolidated updates by key into changes sorted by key.
 fn to_changes<R: TableRow>(

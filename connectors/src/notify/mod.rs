@@ -219,6 +219,10 @@ impl TableWriter for NotifyingWriter {
         Ok(())
     }
 
+    fn unpublished(&mut self) -> Option<u64> {
+        self.inner.unpublished()
+    }
+
     fn close(&mut self) -> Result<(), SinkError> {
         let closed = self.inner.close();
         // Every channel drains at once; then each is waited for.

@@ -679,7 +679,7 @@ fn notify_config_errors_name_the_key_and_factories_refuse_what_they_cannot_do() 
         ..SinkConfig::default()
     };
     let err = Connectors
-        .open_bound("alerts", &cfg, &bad, &registry)
+        .open_bound("alerts", &cfg, &bad, &registry, None)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -690,13 +690,13 @@ fn notify_config_errors_name_the_key_and_factories_refuse_what_they_cannot_do() 
     // A factory without channels refuses them rather than ignore them.
     let ok = [channel_to("http://127.0.0.1:9/hook", |_| ())];
     let err = FileAndNullSinks
-        .open_bound("alerts", &cfg, &ok, &registry)
+        .open_bound("alerts", &cfg, &ok, &registry, None)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("sinks.notify"), "{err}");
     assert!(Connectors
-        .open_bound("alerts", &cfg, &[], &registry)
+        .open_bound("alerts", &cfg, &[], &registry, None)
         .is_ok());
 }
 

@@ -2,7 +2,7 @@
 //! (see `docs/output-contract.md`).
 
 use cap_engine::dead_letter::DeadLetter;
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_engine::time::UtcDay;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
@@ -28,6 +28,19 @@ pub struct DayKey {
 }
 
 impl TableRow for DailyVisitorsRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["day"],
+            &[
+                ("day", Date),
+                ("visitors", UInt64),
+                ("sessions", UInt64),
+                ("events", UInt64),
+            ],
+        ))
+    }
     type Key = DayKey;
     fn key(&self) -> DayKey {
         DayKey { day: self.day }
@@ -117,6 +130,20 @@ pub struct DayStepKey {
 }
 
 impl TableRow for FunnelRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["day", "step"],
+            &[
+                ("day", Date),
+                ("step", UInt8),
+                ("step_name", Text),
+                ("sessions", UInt64),
+                ("conversion", Float64),
+            ],
+        ))
+    }
     type Key = DayStepKey;
     fn key(&self) -> DayStepKey {
         DayStepKey {
@@ -163,6 +190,20 @@ pub struct SourcePositionKey {
 }
 
 impl TableRow for DeadLetterRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["source", "position"],
+            &[
+                ("source", Text),
+                ("position", UInt64),
+                ("reason", Text),
+                ("raw", Text),
+                ("truncated", Bool),
+            ],
+        ))
+    }
     type Key = SourcePositionKey;
     fn key(&self) -> SourcePositionKey {
         SourcePositionKey {

@@ -21,7 +21,7 @@
 
 use cap_connectors::clickstream::{Event, EventType, SessionId};
 use cap_engine::job::{BuildError, Checkpoints};
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_engine::time::{day_of, Day, UtcDay};
 use cap_engine::values::Ratio;
 use cap_operators::aggregate::sum_by_key;
@@ -91,6 +91,20 @@ pub struct CartAbandonmentRow {
 }
 
 impl TableRow for CartAbandonmentRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["day"],
+            &[
+                ("day", Date),
+                ("sessions_with_cart", Int64),
+                ("sessions_with_purchase", Int64),
+                ("abandoned_sessions", Int64),
+                ("abandonment_rate", Float64),
+            ],
+        ))
+    }
     type Key = DayKey;
     fn key(&self) -> DayKey {
         DayKey { day: self.day }

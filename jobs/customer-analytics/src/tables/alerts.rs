@@ -49,7 +49,7 @@ use super::keep_state;
 use cap_connectors::clickstream::{Event, EventType};
 use cap_engine::config::ConfigError;
 use cap_engine::job::{BuildError, Checkpoints};
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_engine::time::UtcTime;
 use cap_operators::anomaly::{
     baseline_surges, merge_windows, windowed_distinct_stateful, windowed_tallies_stateful,
@@ -334,6 +334,24 @@ pub struct AlertKey {
 }
 
 impl TableRow for AlertRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["alert_id"],
+            &[
+                ("alert_id", Text),
+                ("kind", Text),
+                ("subject", Text),
+                ("window_start", Timestamp),
+                ("window_end", Timestamp),
+                ("observed", UInt64),
+                ("threshold", UInt64),
+                ("severity", Text),
+                ("rule", Text),
+            ],
+        ))
+    }
     type Key = AlertKey;
     fn key(&self) -> AlertKey {
         AlertKey {

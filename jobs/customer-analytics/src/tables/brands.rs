@@ -18,7 +18,7 @@
 
 use cap_connectors::clickstream::{Event, EventType};
 use cap_engine::job::{BuildError, Checkpoints};
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_engine::time::{day_of, UtcDay};
 use cap_engine::values::{Money, Ratio};
 use cap_operators::aggregate::{contributions, totals};
@@ -57,6 +57,22 @@ pub struct DayBrandKey {
 }
 
 impl TableRow for BrandDailyRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["day", "brand"],
+            &[
+                ("day", Date),
+                ("brand", Text),
+                ("views", Int64),
+                ("carts", Int64),
+                ("purchases", Int64),
+                ("revenue", Money),
+                ("conversion", Float64),
+            ],
+        ))
+    }
     type Key = DayBrandKey;
     fn key(&self) -> DayBrandKey {
         DayBrandKey {

@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 
 use cap_connectors::clickstream::Event;
 use cap_engine::job::{BuildError, Checkpoints};
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_engine::time::{
     day_of, format_rfc3339, hour_of, parse_day, weekday_of, MS_PER_DAY, MS_PER_HOUR,
 };
@@ -122,6 +122,22 @@ pub struct HourRankKey {
 }
 
 impl TableRow for CategoryHourlyRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["hour", "rank"],
+            &[
+                ("hour", Timestamp),
+                ("rank", UInt32),
+                ("category", Text),
+                ("views", Int64),
+                ("carts", Int64),
+                ("purchases", Int64),
+                ("revenue", Money),
+            ],
+        ))
+    }
     type Key = HourRankKey;
     fn key(&self) -> HourRankKey {
         HourRankKey {
@@ -158,6 +174,21 @@ pub struct WeekdayRankKey {
 }
 
 impl TableRow for CategoryWeekdayRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["weekday", "rank"],
+            &[
+                ("weekday", UInt8),
+                ("rank", UInt32),
+                ("category", Text),
+                ("views", Int64),
+                ("purchases", Int64),
+                ("revenue", Money),
+            ],
+        ))
+    }
     type Key = WeekdayRankKey;
     fn key(&self) -> WeekdayRankKey {
         WeekdayRankKey {

@@ -21,7 +21,7 @@ use super::customers::CustomerTraitsRow;
 use super::keep_state;
 use cap_engine::config::ConfigError;
 use cap_engine::job::{BuildError, Checkpoints};
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_operators::kmeans::{kmeans_segments_with_state, KMeansParams, SegmentConfig};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -189,6 +189,18 @@ pub struct UserKey {
 }
 
 impl TableRow for ClusterRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["user_id"],
+            &[
+                ("user_id", UInt64),
+                ("cluster", UInt32),
+                ("distance", Float64),
+            ],
+        ))
+    }
     type Key = UserKey;
     fn key(&self) -> UserKey {
         UserKey {
@@ -226,6 +238,23 @@ pub struct ClusterKey {
 }
 
 impl TableRow for CentroidRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["cluster"],
+            &[
+                ("cluster", UInt32),
+                ("views_z", Float64),
+                ("carts_z", Float64),
+                ("purchases_z", Float64),
+                ("revenue_z", Float64),
+                ("distinct_products_z", Float64),
+                ("sessions_z", Float64),
+                ("size", UInt64),
+            ],
+        ))
+    }
     type Key = ClusterKey;
     fn key(&self) -> ClusterKey {
         ClusterKey {

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use cap_connectors::clickstream::{Event, EventType, SessionId};
 use cap_engine::config::ConfigError;
 use cap_engine::job::{BuildError, Checkpoints};
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_engine::time::{day_of, UtcTime};
 use cap_engine::values::Money;
 use cap_operators::aggregate::{contributions, totals};
@@ -79,6 +79,26 @@ pub struct UserKey {
 }
 
 impl TableRow for CustomerTraitsRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["user_id"],
+            &[
+                ("user_id", UInt64),
+                ("first_seen", Timestamp),
+                ("last_seen", Timestamp),
+                ("sessions", UInt64),
+                ("views", UInt64),
+                ("carts", UInt64),
+                ("purchases", UInt64),
+                ("revenue", Money),
+                ("avg_order_value", Money),
+                ("distinct_products", UInt64),
+                ("top_category", Text),
+            ],
+        ))
+    }
     type Key = UserKey;
     fn key(&self) -> UserKey {
         UserKey {
@@ -97,6 +117,14 @@ pub struct SegmentRow {
 }
 
 impl TableRow for SegmentRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["user_id", "segment"],
+            &[("user_id", UInt64), ("segment", Text)],
+        ))
+    }
     type Key = SegmentRow;
     fn key(&self) -> SegmentRow {
         self.clone()

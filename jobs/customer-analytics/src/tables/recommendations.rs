@@ -28,7 +28,7 @@ use cap_connectors::clickstream::{Event, EventType};
 use cap_engine::config::ConfigError;
 use cap_engine::job::{BuildError, Checkpoints};
 use cap_engine::metrics::Registry;
-use cap_engine::sink::TableRow;
+use cap_engine::sink::{TableRow, TableSchema};
 use cap_operators::local::pre_aggregate;
 use cap_operators::recommend::{
     recommend, refresh_every, score_value, Interaction, RecommendConfig,
@@ -160,6 +160,20 @@ pub struct ProductRankKey {
 }
 
 impl TableRow for SimilarItemRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["product_id", "rank"],
+            &[
+                ("product_id", UInt64),
+                ("rank", UInt32),
+                ("similar_product_id", UInt64),
+                ("score", Float64),
+                ("co_users", UInt64),
+            ],
+        ))
+    }
     type Key = ProductRankKey;
     fn key(&self) -> ProductRankKey {
         ProductRankKey {
@@ -234,6 +248,19 @@ pub struct UserRankKey {
 }
 
 impl TableRow for RecommendationRow {
+    fn schema() -> Option<TableSchema> {
+        use cap_engine::sink::ColumnType::*;
+        Some(TableSchema::new(
+            1,
+            &["user_id", "rank"],
+            &[
+                ("user_id", UInt64),
+                ("rank", UInt32),
+                ("product_id", UInt64),
+                ("score", Float64),
+            ],
+        ))
+    }
     type Key = UserRankKey;
     fn key(&self) -> UserRankKey {
         UserRankKey {
