@@ -149,7 +149,7 @@ fn gold_tables_on_hdfs_when_a_namenode_is_given() -> Result<()> {
     let lake = cap_connectors::lake::Lake::open(&url, &Default::default())?;
     for table in snapshot_tables(&out)? {
         let bytes = lake
-            .get(&format!("gold/{table}/snapshot.parquet"))?
+            .get(&format!("gold/{table}/snapshot/snapshot.parquet"))?
             .with_context(|| format!("no snapshot of {table} on {url}"))?;
         let rows = parquet::file::reader::SerializedFileReader::new(bytes).map(|r| {
             parquet::file::reader::FileReader::metadata(&r)

@@ -5,7 +5,7 @@
 For each TABLE, checks the lake under LAKE against the JSON-lines file sink's output of the
 same run under OUT (`<table>.jsonl`, `<table>.changelog.jsonl`):
 
-- `gold/<table>/snapshot.parquet`, read with pyarrow, holds exactly the rows of the JSON
+- `gold/<table>/snapshot/snapshot.parquet`, read with pyarrow, holds exactly the rows of the JSON
   snapshot, in the same (key) order, with the documented Arrow types (decimal128(18, 2)
   money, date32 days, timestamp[ms, UTC] instants);
 - the changelog files, read with DuckDB over a glob, hold exactly the lines the JSON
@@ -83,7 +83,7 @@ def check_table(lake, out, table):
         schema = json.load(f)
     columns = [c["name"] for c in schema["columns"]]
 
-    snap = pq.read_table(os.path.join(base, "snapshot.parquet"))
+    snap = pq.read_table(os.path.join(base, "snapshot", "snapshot.parquet"))
     for c in schema["columns"]:
         got = str(snap.schema.field(c["name"]).type)
         if got != TYPES[c["type"]]:

@@ -15,7 +15,7 @@
 //!   `(epoch, seq)`: a changed key gives a `diff = -1` line with its old row, then a
 //!   `diff = +1` line with its new one; a key leaving the table gives the `-1` line alone.
 //!   `(epoch, seq)` is unique; summing `diff` per row over all files gives the table.
-//! - `gold/<table>/snapshot.parquet`: the current rows sorted by primary key, replaced
+//! - `gold/<table>/snapshot/snapshot.parquet`: the current rows sorted by primary key, replaced
 //!   atomically every `sinks.snapshot_interval_ms` and when the run ends; its metadata
 //!   `cap.epoch` names the last epoch it holds.
 //! - `gold/<table>/_schema.json`: the table's columns, key and schema version.
@@ -639,7 +639,7 @@ impl GoldWriter {
         } else {
             self.encode(&self.snapshot_schema, &lines, props, "snapshot")?
         };
-        self.put_retrying(&format!("{}/snapshot.parquet", self.dir()), bytes);
+        self.put_retrying(&format!("{}/snapshot/snapshot.parquet", self.dir()), bytes);
         self.last_snapshot = Instant::now();
         self.snapshot_dirty = false;
         Ok(())

@@ -4,7 +4,8 @@
 //! ```text
 //!  <root>/                              sinks.parquet.url (default <sinks.dir>/lake)
 //!    gold/<table>/_schema.json          columns, primary key, schema version
-//!    gold/<table>/snapshot.parquet      current rows, sorted by key, replaced atomically
+//!    gold/<table>/snapshot/snapshot.parquet
+//!                                       current rows, sorted by key, replaced atomically
 //!    gold/<table>/changelog/part-<first epoch>-<last epoch>.parquet
 //!                                       every change: epoch, seq, diff (+1/-1), key, row
 //! ```

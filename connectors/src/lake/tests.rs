@@ -143,7 +143,7 @@ struct ReadBack {
 fn read_back(dir: &std::path::Path) -> anyhow::Result<ReadBack> {
     let lake = Lake::open(&dir.display().to_string(), &BTreeMap::new())?;
     let snapshot = read_rows(
-        lake.get("gold/t/snapshot.parquet")?
+        lake.get("gold/t/snapshot/snapshot.parquet")?
             .ok_or_else(|| anyhow::anyhow!("no snapshot"))?,
     )?;
     let mut changelog = Vec::new();
