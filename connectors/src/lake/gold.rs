@@ -550,21 +550,7 @@ impl GoldWriter {
             return Ok(None);
         };
         let last = self.last_epoch;
-        let props = self.properties(
-            vec![
-                SortingColumn {
-                    column_idx: 0,
-                    descending: false,
-                    nulls_first: false,
-                },
-                SortingColumn {
-                    column_idx: 1,
-                    descending: false,
-                    nulls_first: false,
-                },
-            ],
-            last,
-        );
+        let props = self.properties(ascending(&[0, 1]), last);
         let bytes = self.encode(&self.changelog_schema, &self.lines, props, "changelog")?;
         let file = ChangelogFile {
             first,
@@ -615,12 +601,8 @@ impl GoldWriter {
             .key
             .iter()
             .filter_map(|k| self.schema.columns.iter().position(|c| &c.name == k))
-            .map(|i| SortingColumn {
-                column_idx: i as i32,
-                descending: false,
-                nulls_first: false,
-            })
-            .collect();
+            .collect::<Vec<_>>();
+        let sorting = ascending(&sorting);
         let epoch = self
             .committed
             .into_iter()
@@ -685,21 +667,7 @@ impl GoldWriter {
             last: run[run.len() - 1].last,
             rows,
         };
-        let props = self.properties(
-            vec![
-                SortingColumn {
-                    column_idx: 0,
-                    descending: false,
-                    nulls_first: false,
-                },
-                SortingColumn {
-                    column_idx: 1,
-                    descending: false,
-                    nulls_first: false,
-                },
-            ],
-            merged.last,
-        );
+        let props = self.properties(ascending(&[0, 1]), merged.last);
         let mut writer =
             ArrowWriter::try_new(Vec::new(), self.changelog_schema.clone(), Some(props))
                 .map_err(|e| format_err("compaction")(e.to_string()))?;
@@ -801,6 +769,19 @@ impl GoldWriter {
             Err(e) => fail(e),
         }
     }
+}
+
+/// The files' sort order: these columns, ascending (the changelog: `epoch`, `seq`; the
+/// snapshot: the primary key's columns).
+fn ascending(columns: &[usize]) -> Vec<SortingColumn> {
+    columns
+        .iter()
+        .map(|&i| SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: false,
+        })
+        .collect()
 }
 
 /// Appends one changelog line: the changelog's columns, then the row's fields.
