@@ -1,6 +1,10 @@
 """Independent reader of CAP's gold Parquet tables (pyarrow and DuckDB).
 
     read_lake.py LAKE OUT TABLE...
+    read_lake.py --s3-endpoint http://HOST:PORT s3://BUCKET/PREFIX OUT TABLE...
+
+With --s3-endpoint the lake is first copied out of the S3-compatible server with boto3 (an
+independent S3 client; credentials `test`/`test`), then checked as below.
 
 For each TABLE, checks the lake under LAKE against the JSON-lines file sink's output of the
 same run under OUT (`<table>.jsonl`, `<table>.changelog.jsonl`):
@@ -148,11 +152,45 @@ def check_table(lake, out, table):
     print(f"{table}: {len(parquet_rows)} rows, {len(got)} changelog lines in {files} files: equal")
 
 
+def mirror_s3(endpoint, url):
+    """Copies every object under s3://bucket/prefix into a temporary directory."""
+    import tempfile
+
+    import boto3
+
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    local = tempfile.mkdtemp(prefix="cap-s3-lake-")
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix):].lstrip("/")
+            path = os.path.join(local, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            s3.download_file(bucket, obj["Key"], path)
+            count += 1
+    if count == 0:
+        fail(f"no objects under {url}")
+    return local
+
+
 def main():
-    if len(sys.argv) < 4:
+    args = sys.argv[1:]
+    endpoint = None
+    if args[:1] == ["--s3-endpoint"]:
+        endpoint, args = args[1], args[2:]
+    if len(args) < 3:
         fail(__doc__)
-    lake, out = sys.argv[1], sys.argv[2]
-    for table in sys.argv[3:]:
+    lake, out = args[0], args[1]
+    if endpoint:
+        lake = mirror_s3(endpoint, lake)
+    for table in args[2:]:
         check_table(lake, out, table)
 
 

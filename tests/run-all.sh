@@ -37,6 +37,8 @@ if command -v python3 >/dev/null 2>&1; then
     # pyarrow and DuckDB: the independent readers of the Parquet tables (tests/read_lake.py).
     python3 -c "import pyarrow" >/dev/null 2>&1 || missing+=(pyarrow)
     python3 -c "import duckdb" >/dev/null 2>&1 || missing+=(duckdb)
+    # moto's S3-compatible server and boto3: the S3 backend's test (tests/e2e_lakehouse.rs).
+    python3 -c "import moto.server, boto3" >/dev/null 2>&1 || missing+=("moto[server]")
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing python test dependencies (${missing[*]})"
         python3 -m pip install --quiet "${missing[@]}" \

@@ -246,7 +246,9 @@ pub struct ParquetSinkConfig {
     /// Object store options passed through (`aws_access_key_id`, `aws_secret_access_key`,
     /// `aws_region`, `aws_endpoint`, `aws_allow_http`, `azure_storage_account_name`,
     /// `azure_storage_account_key`, `google_service_account`, ...); the store's own
-    /// environment variables (`AWS_ACCESS_KEY_ID`, ...) are read too.
+    /// environment variables (`AWS_ACCESS_KEY_ID`, ...) are read too. Booleans and numbers
+    /// are taken as their text (`aws_allow_http = true`).
+    #[serde(deserialize_with = "scalars_as_text")]
     pub options: BTreeMap<String, String>,
     /// A changelog file is closed once it holds this many rows; the changes queued when a
     /// file is written go into one file, so files grow with the load.
@@ -261,6 +263,25 @@ pub struct ParquetSinkConfig {
     /// Compact the oldest changelog files into one once this many are smaller than
     /// `file_rows` (0: never compact).
     pub compact_files: usize,
+}
+
+/// A table of scalars as text: `true` -> `"true"`, `3` -> `"3"`; a table or array is refused.
+fn scalars_as_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::String(s) => Ok((k, s)),
+            toml::Value::Boolean(_) | toml::Value::Integer(_) | toml::Value::Float(_) => {
+                Ok((k, v.to_string()))
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "option `{k}` is a {}; expected text, a number or a boolean",
+                other.type_str()
+            ))),
+        })
+        .collect()
 }
 
 impl Default for ParquetSinkConfig {
@@ -900,5 +921,27 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn parquet_options_take_scalars_as_text() -> anyhow::Result<()> {
+        let cfg: SinkConfig = toml::from_str(
+            "[parquet.options]\naws_allow_http = true\nretries = 3\naws_region = \"eu-west-1\"\n",
+        )?;
+        let o = &cfg.parquet.options;
+        assert_eq!(
+            (
+                o["aws_allow_http"].as_str(),
+                o["retries"].as_str(),
+                o["aws_region"].as_str()
+            ),
+            ("true", "3", "eu-west-1")
+        );
+        let err = toml::from_str::<SinkConfig>("[parquet.options]\nx = [1]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("`x`") && err.contains("array"), "{err}");
+        Ok(())
     }
 }
