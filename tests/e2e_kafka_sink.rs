@@ -109,6 +109,7 @@ fn deletes_are_tombstones_and_headers_number_each_epoch() -> Result<()> {
     let change = |k: u32, v: Option<u32>| Change {
         key: format!("{{\"k\":{k}}}"),
         row: v.map(|v| format!("{{\"k\":{k},\"v\":{v}}}")),
+        packed: None,
     };
     // Epoch 0 inserts 200 keys; epoch 1 deletes the even ones and updates the odd ones.
     sink.write_epoch(0, &(0..200).map(|k| change(k, Some(k))).collect::<Vec<_>>())?;
@@ -172,6 +173,7 @@ fn epoch_changes(e: u64) -> Vec<Change> {
         .map(|k| Change {
             key: format!("{{\"k\":{k}}}"),
             row: (k % 5 != e % 5).then(|| format!("{{\"k\":{k},\"v\":{}}}", e * 100 + k)),
+            packed: None,
         })
         .collect()
 }

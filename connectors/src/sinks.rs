@@ -354,6 +354,9 @@ impl TableWriter for Tee {
     fn wants_rows(&self) -> bool {
         self.writers.iter().any(|w| w.wants_rows())
     }
+    fn wants_packed(&self) -> bool {
+        self.writers.iter().any(|w| w.wants_packed())
+    }
     fn begin(&mut self, resume: bool) -> Result<(), SinkError> {
         self.each(|w| w.begin(resume))
     }
@@ -408,10 +411,12 @@ mod tests {
                 Change {
                     key: "{\"k\":1}".into(),
                     row: Some("{\"k\":1,\"v\":1}".into()),
+                    packed: None,
                 },
                 Change {
                     key: "{\"k\":2}".into(),
                     row: Some("{\"k\":2,\"v\":5}".into()),
+                    packed: None,
                 },
             ],
         )?;
@@ -421,10 +426,12 @@ mod tests {
                 Change {
                     key: "{\"k\":1}".into(),
                     row: None,
+                    packed: None,
                 },
                 Change {
                     key: "{\"k\":2}".into(),
                     row: Some("{\"k\":2,\"v\":6}".into()),
+                    packed: None,
                 },
             ],
         )?;
@@ -446,6 +453,7 @@ mod tests {
             .map(|k| Change {
                 key: format!("{{\"k\":{k}}}"),
                 row: (k != e % 3).then(|| format!("{{\"k\":{k},\"v\":{}}}", e * 10 + k)),
+                packed: None,
             })
             .collect()
     }

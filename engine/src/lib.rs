@@ -50,6 +50,7 @@ pub mod dead_letter;
 pub mod input;
 pub mod job;
 pub mod metrics;
+pub mod packed;
 pub mod runtime;
 pub mod sink;
 pub mod source;

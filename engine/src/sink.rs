@@ -142,12 +142,18 @@ impl TableSchema {
 
 /// One keyed change of a table at an epoch: `row` is the new row, or `None` when the key
 /// left the result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Change {
     /// Primary key as a JSON object.
     pub key: String,
-    /// The row as a JSON object, or `None` for a delete.
+    /// The row as a JSON object, or `None` for a delete. Empty text when no writer of the
+    /// table reads JSON ([`TableWriter::wants_rows`]).
     pub row: Option<String>,
+    /// The new row packed by the table's columns ([`crate::packed`]), when a writer of the
+    /// table asks for it ([`TableWriter::wants_packed`]); `None` for a delete, and for a
+    /// row that does not fit its columns (logged at ERROR; the columnar writer then packs
+    /// the JSON if it has it, and stops when that fails too).
+    pub packed: Option<Vec<u8>>,
 }
 
 /// An error writing a sink.
@@ -169,6 +175,11 @@ pub trait TableWriter {
     /// serializing rows nobody reads).
     fn wants_rows(&self) -> bool {
         true
+    }
+    /// Whether this writer reads the rows packed by the table's columns
+    /// ([`Change::packed`]; a columnar sink does, and then needs no JSON of rows).
+    fn wants_packed(&self) -> bool {
+        false
     }
     /// Called once before any write. `resume` is true when the run continues earlier runs
     /// (a restore): the writer keeps what they published, and skips the epochs (or the part
@@ -266,6 +277,10 @@ pub fn sink_table<'s, R>(
     let table_name = table.to_owned();
     let mut writer = writer;
     let serialize = writer.as_ref().map(|w| w.wants_rows()).unwrap_or(false) || live.is_some();
+    let pack_by = writer
+        .as_ref()
+        .filter(|w| w.wants_packed())
+        .and_then(|_| R::schema());
     let mut pending: BTreeMap<u64, Vec<(R, isize)>> = BTreeMap::new();
     let mut closed = false;
     // Held while epochs are buffered, so that the probe only passes an epoch once written.
@@ -294,7 +309,8 @@ pub fn sink_table<'s, R>(
                             break;
                         }
                         let updates = pending.remove(&epoch).unwrap_or_default();
-                        let changes = to_changes(&table_name, updates, serialize);
+                        let changes =
+                            to_changes(&table_name, updates, serialize, pack_by.as_ref());
                         if changes.is_empty() {
                             continue;
                         }
@@ -355,11 +371,13 @@ pub fn sink_table<'s, R>(
 /// How often a sink whose writer publishes in the background asks it again.
 const UNPUBLISHED_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// Groups consolidated updates by key into changes sorted by key.
+/// Groups consolidated updates by key into changes sorted by key: with the rows' JSON when
+/// `serialize`, packed by `pack_by` when given (and the keys' JSON when either).
 fn to_changes<R: TableRow>(
     table: &str,
     mut updates: Vec<(R, isize)>,
     serialize: bool,
+    pack_by: Option<&TableSchema>,
 ) -> Vec<Change> {
     differential_dataflow::consolidation::consolidate(&mut updates);
     let mut by_key: BTreeMap<R::Key, (Option<R>, bool)> = BTreeMap::new();
@@ -378,8 +396,8 @@ fn to_changes<R: TableRow>(
             entry.1 = true; // a retraction: the key may be leaving
         }
     }
-    let to_json = |what: &str, value: &dyn erased::Json| -> String {
-        if !serialize {
+    let to_json = |what: &str, value: &dyn erased::Json, wanted: bool| -> String {
+        if !wanted {
             return String::new();
         }
         value.json().unwrap_or_else(|e| {
@@ -389,11 +407,25 @@ fn to_changes<R: TableRow>(
     };
     let mut out = Vec::with_capacity(by_key.len());
     for (key, (row, _retracted)) in by_key {
-        let key_json = to_json("key", &key);
-        let row_json = row.map(|r| to_json("row", &r));
+        let key_json = to_json("key", &key, serialize || pack_by.is_some());
+        let packed = match (pack_by, &row) {
+            (Some(schema), Some(r)) => {
+                let mut bytes = Vec::with_capacity(64);
+                match crate::packed::pack(r, schema, &mut bytes) {
+                    Ok(()) => Some(bytes),
+                    Err(e) => {
+                        tracing::error!(table, key = %key_json, error = %e, "a row does not fit the table's declared columns; the table's columnar writer stops at this epoch");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let row_json = row.map(|r| to_json("row", &r, serialize));
         out.push(Change {
             key: key_json,
             row: row_json,
+            packed,
         });
     }
     out

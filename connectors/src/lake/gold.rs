@@ -33,14 +33,17 @@
 //! the snapshot lags the changelog by up to the snapshot interval; restoring reads the
 //! whole changelog of the table.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
+use arrow_array::builder::{Int8Builder, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_ord::sort::{lexsort_to_indices, SortColumn};
 use arrow_schema::Schema;
+use arrow_select::take::take_record_batch;
 use bytes::Bytes;
 use cap_engine::config::ParquetSinkConfig;
 use cap_engine::sink::{Change, SinkError, TableSchema, TableWriter};
@@ -50,9 +53,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+use super::columns::{RowCells, RowColumns};
 use super::schema::{changelog_schema, snapshot_schema};
 use super::store::Lake;
-use crate::json_order::JsonKey;
 
 /// One changelog file: the epochs it holds and its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +199,16 @@ impl ParquetTableSink {
 }
 
 impl TableWriter for ParquetTableSink {
+    /// The rows come packed; the JSON of a row is read only when a change has no packed
+    /// row (a writer fed by something other than the engine's sink operator).
+    fn wants_rows(&self) -> bool {
+        false
+    }
+
+    fn wants_packed(&self) -> bool {
+        true
+    }
+
     fn begin(&mut self, resume: bool) -> Result<(), SinkError> {
         self.start(resume)
     }
@@ -232,9 +245,11 @@ impl TableWriter for ParquetTableSink {
         self.start(false)?;
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
         let closed = match self.tx.take() {
-            Some(tx) if tx.send(Msg::Close(ack_tx)).is_ok() => ack_rx
-                .recv()
-                .unwrap_or_else(|_| Err("the writer thread ended without closing".into())),
+            Some(tx) if tx.send(Msg::Close(ack_tx)).is_ok() => ack_rx.recv().unwrap_or_else(|_| {
+                Err(self
+                    .failure()
+                    .unwrap_or_else(|| "the writer thread ended without closing".into()))
+            }),
             _ => Err(self
                 .failure()
                 .unwrap_or_else(|| "the writer thread is gone".into())),
@@ -288,12 +303,12 @@ pub struct GoldWriter {
     lake: Lake,
     changelog_schema: Arc<Schema>,
     snapshot_schema: Arc<Schema>,
-    /// The current rows by primary key (key order), as row JSON.
-    current: BTreeMap<JsonKey, String>,
+    /// The current rows, packed, by primary key (the key's JSON).
+    current: HashMap<String, Vec<u8>>,
     /// Epochs up to this one are in the changelog already (a restored run).
     committed: Option<u64>,
-    /// Changelog lines (JSON) not yet in a file, and the epochs they cover.
-    lines: Vec<u8>,
+    /// Changelog lines not yet in a file, and the epochs they cover.
+    pending: PendingLines,
     line_count: u64,
     first_epoch: Option<u64>,
     last_epoch: u64,
@@ -324,11 +339,11 @@ impl GoldWriter {
             table: table.to_owned(),
             changelog_schema: changelog_schema(&schema),
             snapshot_schema: snapshot_schema(&schema),
+            pending: PendingLines::new(&schema),
             schema,
             lake,
-            current: BTreeMap::new(),
+            current: HashMap::new(),
             committed: None,
-            lines: Vec::new(),
             line_count: 0,
             first_epoch: None,
             last_epoch: 0,
@@ -443,45 +458,86 @@ impl GoldWriter {
             .column(3)
             .as_string_opt::<i32>()
             .ok_or_else(|| GoldError::Incompatible(format!("{path}: `key` is not text")))?;
-        let rows = batch
-            .project(row_columns)
-            .map_err(|e| format_err(format!("reading {path}"))(e.to_string()))?;
-        let mut json = arrow_json::LineDelimitedWriter::new(Vec::new());
-        json.write_batches(&[&rows])
-            .and_then(|_| json.finish())
-            .map_err(|e| format_err(format!("reading {path}"))(e.to_string()))?;
-        let text = String::from_utf8(json.into_inner())
-            .map_err(|e| format_err(format!("reading {path}"))(e.to_string()))?;
-        for (i, line) in text.lines().enumerate() {
-            let key = JsonKey(keys.value(i).to_owned());
+        let arrays: Vec<ArrayRef> = row_columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let cells = RowCells::new(&self.schema, &arrays)
+            .map_err(|e| GoldError::Incompatible(format!("{path}: {e}")))?;
+        for i in 0..batch.num_rows() {
+            let key = keys.value(i);
             if diffs.value(i) > 0 {
-                self.current.insert(key, line.to_owned());
+                let mut row = Vec::with_capacity(64);
+                cells
+                    .pack(i, &mut row)
+                    .map_err(|e| GoldError::Incompatible(format!("{path}: line {i}: {e}")))?;
+                self.current.insert(key.to_owned(), row);
             } else {
-                self.current.remove(&key);
+                self.current.remove(key);
             }
         }
         Ok(())
     }
 
+    /// The packed row of a change that came with JSON only (or with neither: the engine
+    /// could not pack the row). A row that does not fit the table's columns is a bug in
+    /// the job, and stops the writer: the table's output stays at its last published epoch.
+    fn pack_json(&self, key: &str, json: &str) -> Result<Vec<u8>, GoldError> {
+        let packed = serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|e| e.to_string())
+            .and_then(|value| {
+                let mut row = Vec::with_capacity(64);
+                cap_engine::packed::pack(&value, &self.schema, &mut row)
+                    .map(|()| row)
+                    .map_err(|e| e.to_string())
+            });
+        packed.map_err(|e| GoldError::Format {
+            what: format!(
+                "table `{}`: the row of key {key} does not fit the table's columns",
+                self.table
+            ),
+            reason: e,
+        })
+    }
+
     /// Applies one epoch's changes to the current rows and queues its changelog lines.
-    fn apply(&mut self, epoch: u64, changes: Vec<Change>) {
+    fn apply(&mut self, epoch: u64, changes: Vec<Change>) -> Result<(), GoldError> {
         if self.committed.is_some_and(|c| epoch <= c) {
-            return; // replayed after a restore: already in the changelog, exactly so
+            return Ok(()); // replayed after a restore: already in the changelog, exactly so
         }
+        let unfit = |e: cap_engine::packed::PackError| GoldError::Format {
+            what: "a packed row".into(),
+            reason: e.to_string(),
+        };
         let mut seq: u32 = 0;
-        for change in changes {
-            let key = JsonKey(change.key);
-            let old = match &change.row {
-                Some(row) => self.current.insert(key.clone(), row.clone()),
-                None => self.current.remove(&key),
+        for Change { key, row, packed } in changes {
+            let new = match (row, packed) {
+                (None, _) => None,
+                (Some(_), Some(packed)) => Some(packed),
+                (Some(json), None) => Some(self.pack_json(&key, &json)?),
             };
-            if let Some(old) = old {
-                push_line(&mut self.lines, epoch, seq, -1, &key.0, &old);
-                seq += 1;
-            }
-            if let Some(row) = &change.row {
-                push_line(&mut self.lines, epoch, seq, 1, &key.0, row);
-                seq += 1;
+            let pending = &mut self.pending;
+            match (new, self.current.get_mut(&key)) {
+                (Some(new), Some(old)) => {
+                    pending.push(epoch, seq, -1, &key, old).map_err(unfit)?;
+                    pending.push(epoch, seq + 1, 1, &key, &new).map_err(unfit)?;
+                    seq += 2;
+                    *old = new;
+                }
+                (Some(new), None) => {
+                    pending.push(epoch, seq, 1, &key, &new).map_err(unfit)?;
+                    seq += 1;
+                    self.current.insert(key, new);
+                }
+                (None, Some(_)) => {
+                    if let Some(old) = self.current.remove(&key) {
+                        self.pending
+                            .push(epoch, seq, -1, &key, &old)
+                            .map_err(unfit)?;
+                        seq += 1;
+                    }
+                }
+                (None, None) => {}
             }
         }
         if seq > 0 {
@@ -490,6 +546,7 @@ impl GoldWriter {
             self.last_epoch = epoch;
             self.snapshot_dirty = true;
         }
+        Ok(())
     }
 
     fn properties(&self, sorting: Vec<SortingColumn>, epoch: u64) -> WriterProperties {
@@ -506,11 +563,10 @@ impl GoldWriter {
             .build()
     }
 
-    /// Encodes JSON lines of `schema` as one Parquet file.
+    /// Encodes `batch` as one Parquet file.
     fn encode(
         &self,
-        schema: &Arc<Schema>,
-        lines: &[u8],
+        batch: &RecordBatch,
         props: WriterProperties,
         what: &str,
     ) -> Result<Bytes, GoldError> {
@@ -518,27 +574,13 @@ impl GoldWriter {
             what: format!("table `{}`: {what}", self.table),
             reason: e,
         };
-        let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
-            .with_batch_size(self.row_group_rows.min(64 * 1024))
-            .with_strict_mode(true)
-            .build_decoder()
-            .map_err(|e| fail(e.to_string()))?;
         let mut writer = ArrowWriter::try_new(
-            Vec::with_capacity(lines.len() / 4),
-            schema.clone(),
+            Vec::with_capacity(batch.num_rows() * 16),
+            batch.schema(),
             Some(props),
         )
         .map_err(|e| fail(e.to_string()))?;
-        let mut rest = lines;
-        loop {
-            let read = decoder.decode(rest).map_err(|e| fail(e.to_string()))?;
-            rest = &rest[read..];
-            match decoder.flush().map_err(|e| fail(e.to_string()))? {
-                Some(batch) => writer.write(&batch).map_err(|e| fail(e.to_string()))?,
-                None if rest.is_empty() => break,
-                None => {}
-            }
-        }
+        writer.write(batch).map_err(|e| fail(e.to_string()))?;
         let bytes = writer.into_inner().map_err(|e| fail(e.to_string()))?;
         Ok(Bytes::from(bytes))
     }
@@ -551,7 +593,11 @@ impl GoldWriter {
         };
         let last = self.last_epoch;
         let props = self.properties(ascending(&[0, 1]), last);
-        let bytes = self.encode(&self.changelog_schema, &self.lines, props, "changelog")?;
+        let batch = self
+            .pending
+            .finish(&self.changelog_schema)
+            .map_err(|e| format_err("changelog")(e.to_string()))?;
+        let bytes = self.encode(&batch, props, "changelog")?;
         let file = ChangelogFile {
             first,
             last,
@@ -560,7 +606,6 @@ impl GoldWriter {
         let path = format!("{}/changelog/{}", self.dir(), file.name());
         self.put_retrying(&path, bytes);
         self.files.push(file);
-        self.lines.clear();
         self.line_count = 0;
         self.first_epoch = None;
         Ok(Some(last))
@@ -589,38 +634,44 @@ impl GoldWriter {
         }
     }
 
-    /// Rewrites the snapshot from the current rows.
+    /// Rewrites the snapshot from the current rows, sorted by primary key.
     fn write_snapshot(&mut self) -> Result<(), GoldError> {
-        let mut lines = Vec::with_capacity(self.current.len() * 96);
+        let fail = |e: String| GoldError::Format {
+            what: "snapshot".into(),
+            reason: e,
+        };
+        let mut columns = RowColumns::new(&self.schema, self.current.len());
         for row in self.current.values() {
-            lines.extend_from_slice(row.as_bytes());
-            lines.push(b'\n');
+            columns.push(row).map_err(|e| fail(e.to_string()))?;
         }
-        let sorting = self
+        let batch = RecordBatch::try_new(self.snapshot_schema.clone(), columns.finish())
+            .map_err(|e| fail(e.to_string()))?;
+        let key: Vec<usize> = self
             .schema
             .key
             .iter()
             .filter_map(|k| self.schema.columns.iter().position(|c| &c.name == k))
-            .collect::<Vec<_>>();
-        let sorting = ascending(&sorting);
+            .collect();
+        let batch = if batch.num_rows() > 1 {
+            let sort: Vec<SortColumn> = key
+                .iter()
+                .map(|&i| SortColumn {
+                    values: batch.column(i).clone(),
+                    options: None,
+                })
+                .collect();
+            let order = lexsort_to_indices(&sort, None).map_err(|e| fail(e.to_string()))?;
+            take_record_batch(&batch, &order).map_err(|e| fail(e.to_string()))?
+        } else {
+            batch
+        };
         let epoch = self
             .committed
             .into_iter()
             .chain(self.files.last().map(|f| f.last))
             .max();
-        let props = self.properties(sorting, epoch.unwrap_or(0));
-        let bytes = if lines.is_empty() {
-            let writer =
-                ArrowWriter::try_new(Vec::new(), self.snapshot_schema.clone(), Some(props))
-                    .map_err(|e| format_err("snapshot")(e.to_string()))?;
-            Bytes::from(
-                writer
-                    .into_inner()
-                    .map_err(|e| format_err("snapshot")(e.to_string()))?,
-            )
-        } else {
-            self.encode(&self.snapshot_schema, &lines, props, "snapshot")?
-        };
+        let props = self.properties(ascending(&key), epoch.unwrap_or(0));
+        let bytes = self.encode(&batch, props, "snapshot")?;
         self.put_retrying(&format!("{}/snapshot/snapshot.parquet", self.dir()), bytes);
         self.last_snapshot = Instant::now();
         self.snapshot_dirty = false;
@@ -721,7 +772,12 @@ impl GoldWriter {
             let mut next = first;
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Epoch(epoch, changes) => self.apply(epoch, changes),
+                    Msg::Epoch(epoch, changes) => {
+                        if let Err(e) = self.apply(epoch, changes) {
+                            fail(e);
+                            return;
+                        }
+                    }
                     Msg::Close(ack) => {
                         close = Some(ack);
                         break;
@@ -784,26 +840,53 @@ fn ascending(columns: &[usize]) -> Vec<SortingColumn> {
         .collect()
 }
 
-/// Appends one changelog line: the changelog's columns, then the row's fields.
-fn push_line(out: &mut Vec<u8>, epoch: u64, seq: u32, diff: i8, key: &str, row: &str) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "{{\"epoch\":{epoch},\"seq\":{seq},\"diff\":{diff},\"key\":"
-    );
-    let _ = serde_json::to_writer(&mut *out, key);
-    match row.trim_start().strip_prefix('{') {
-        Some(fields) if fields.trim_start().starts_with('}') => out.extend_from_slice(b"}"),
-        Some(fields) => {
-            out.push(b',');
-            out.extend_from_slice(fields.as_bytes());
-        }
-        // Not an object: the decoder reports the line.
-        None => {
-            out.extend_from_slice(b",\"row\":");
-            out.extend_from_slice(row.as_bytes());
-            out.push(b'}');
+/// Changelog lines not yet in a file: the changelog's own columns, then the row's.
+struct PendingLines {
+    epoch: UInt64Builder,
+    seq: UInt32Builder,
+    diff: Int8Builder,
+    key: StringBuilder,
+    row: RowColumns,
+}
+
+impl PendingLines {
+    fn new(schema: &TableSchema) -> PendingLines {
+        PendingLines {
+            epoch: UInt64Builder::new(),
+            seq: UInt32Builder::new(),
+            diff: Int8Builder::new(),
+            key: StringBuilder::new(),
+            row: RowColumns::new(schema, 1024),
         }
     }
-    out.push(b'\n');
+
+    /// Appends one line; on an error nothing is appended but the row's columns are unequal
+    /// (see [`RowColumns::push`]): the writer stops.
+    fn push(
+        &mut self,
+        epoch: u64,
+        seq: u32,
+        diff: i8,
+        key: &str,
+        row: &[u8],
+    ) -> Result<(), cap_engine::packed::PackError> {
+        self.row.push(row)?;
+        self.epoch.append_value(epoch);
+        self.seq.append_value(seq);
+        self.diff.append_value(diff);
+        self.key.append_value(key);
+        Ok(())
+    }
+
+    /// The lines as one batch of `schema` (the changelog's); the builders start empty.
+    fn finish(&mut self, schema: &Arc<Schema>) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.epoch.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.diff.finish()),
+            Arc::new(self.key.finish()),
+        ];
+        columns.extend(self.row.finish());
+        RecordBatch::try_new(schema.clone(), columns)
+    }
 }

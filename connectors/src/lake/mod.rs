@@ -12,6 +12,7 @@
 //!
 //! - [`store`]: the object store under a root (one atomic put per object).
 //! - [`schema`]: the tables' Arrow schemas from their declared columns.
+//! - [`columns`]: packed rows into Arrow columns and back.
 //! - [`gold`]: the table sink, its background writer and its commit protocol.
 //!
 //! Guarantees: a reader sees whole files only; the snapshot is a consistent table as of
@@ -22,6 +23,7 @@
 //! waits). Pages are zstd-compressed, and every row group and page carries min/max
 //! statistics for pruning. Non-guarantees: see [`gold`].
 
+pub mod columns;
 pub mod gold;
 pub mod schema;
 pub mod store;

@@ -21,6 +21,10 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use cap_engine::sink::{ColumnType, TableSchema};
 
+/// The time zone of timestamp columns: an offset rather than the name `UTC`, since Arrow
+/// parses named zones only with chrono-tz.
+pub const UTC: &str = "+00:00";
+
 /// The changelog's own leading columns.
 pub const CHANGELOG_COLUMNS: [&str; 4] = ["epoch", "seq", "diff", "key"];
 
@@ -34,8 +38,7 @@ fn data_type(ty: ColumnType) -> DataType {
         ColumnType::Float64 => DataType::Float64,
         ColumnType::Text => DataType::Utf8,
         ColumnType::Date => DataType::Date32,
-        // An offset rather than the name `UTC`: Arrow parses named zones only with chrono-tz.
-        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())),
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into())),
         ColumnType::Money => DataType::Decimal128(18, 2),
     }
 }

@@ -76,6 +76,34 @@ fn epoch_changes(seed: u64, e: u64, keys: u64) -> Vec<Change> {
         .map(|(k, row)| Change {
             key: format!("{{\"k\":{k}}}"),
             row,
+            packed: None,
+        })
+        .collect()
+}
+
+/// The same changes as the engine's sink operator hands them to a columnar writer: rows
+/// packed by the table's columns, no row JSON.
+fn packed(changes: Vec<Change>) -> anyhow::Result<Vec<Change>> {
+    changes
+        .into_iter()
+        .map(|c| {
+            let packed = match &c.row {
+                Some(json) => {
+                    let mut bytes = Vec::new();
+                    cap_engine::packed::pack(
+                        &serde_json::from_str::<Value>(json)?,
+                        &schema(),
+                        &mut bytes,
+                    )?;
+                    Some(bytes)
+                }
+                None => None,
+            };
+            Ok(Change {
+                row: c.row.map(|_| String::new()),
+                packed,
+                ..c
+            })
         })
         .collect()
 }
@@ -233,12 +261,20 @@ fn check_against_oracle(read: &ReadBack, table: &BTreeMap<u64, String>) -> anyho
 
 #[test]
 fn changelog_and_snapshot_equal_the_oracle_with_small_files_and_compaction() -> anyhow::Result<()> {
-    for (seed, file_rows, compact) in [(1, 1_000_000, 0), (2, 50, 3), (3, 7, 4)] {
+    // Rows as JSON (a writer fed by something other than the engine) and packed (as the
+    // engine's sink operator hands them over).
+    for (seed, file_rows, compact, pack) in [
+        (1, 1_000_000, 0, false),
+        (2, 50, 3, false),
+        (3, 7, 4, true),
+        (4, 1_000_000, 0, true),
+    ] {
         let dir = tempfile::tempdir()?;
         let mut s = sink(dir.path(), &config(file_rows, compact))?;
         s.begin(false)?;
         for e in 0..60 {
-            s.write_epoch(e, &epoch_changes(seed, e, 30))?;
+            let changes = epoch_changes(seed, e, 30);
+            s.write_epoch(e, &if pack { packed(changes)? } else { changes })?;
         }
         s.close()?;
         assert_eq!(s.unpublished(), None);
@@ -401,4 +437,31 @@ fn bad_settings_and_missing_columns_are_clear_errors() {
     clash.columns[1].name = "epoch".into();
     let err = open(Some(&clash), ParquetSinkConfig::default());
     assert!(err.contains("epoch"), "{err}");
+}
+
+#[test]
+fn a_row_that_does_not_fit_the_columns_stops_the_writer_at_its_epoch() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut s = sink(dir.path(), &config(1_000_000, 0))?;
+    s.begin(false)?;
+    s.write_epoch(0, &epoch_changes(9, 0, 10))?;
+    while s.unpublished().is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let bad = Change {
+        key: "{\"k\":3}".into(),
+        row: Some(row(3, 7).replace("\"k\":3", "\"k\":\"three\"")),
+        packed: None,
+    };
+    // The write is queued; the writer stops on it and says why.
+    let _ = s.write_epoch(1, &[bad]);
+    let err = s.close().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("column `k`") && err.contains("three"), "{err}");
+    assert_eq!(s.unpublished(), Some(1), "the bad epoch is never published");
+    let read = read_back(dir.path())?;
+    assert!(
+        read.changelog.iter().all(|l| l.0 == 0),
+        "only epoch 0 is in the lake"
+    );
+    Ok(())
 }

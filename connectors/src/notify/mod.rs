@@ -189,6 +189,10 @@ impl TableWriter for NotifyingWriter {
         true // the channels read rows even when the table's own writer does not
     }
 
+    fn wants_packed(&self) -> bool {
+        self.inner.wants_packed()
+    }
+
     /// The table's writer resumes; the channels do not: a replayed epoch notifies again
     /// (notifications are at least once, keyed by the row's key).
     fn begin(&mut self, resume: bool) -> Result<(), SinkError> {

@@ -206,6 +206,7 @@ fn alert(id: &str, kind: &str, severity: &str, observed: u64) -> Change {
     Change {
         key: format!("{{\"alert_id\":\"{id}\"}}"),
         row: Some(row.to_string()),
+        packed: None,
     }
 }
 
@@ -213,6 +214,7 @@ fn gone(id: &str) -> Change {
     Change {
         key: format!("{{\"alert_id\":\"{id}\"}}"),
         row: None,
+        packed: None,
     }
 }
 
